@@ -1,0 +1,1 @@
+"""The five services; each runs as ``python -m services.<name>``."""

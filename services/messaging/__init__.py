@@ -1,0 +1,1 @@
+"""Messaging: owns sessions, participants and messages as an event-sourced store in Postgres."""

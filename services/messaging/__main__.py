@@ -1,0 +1,3 @@
+from services.messaging.app import main
+
+main()

@@ -1,0 +1,88 @@
+"""Wiring of the messaging service: settings, pool, broker, relay, consumer, shutdown.
+
+Commands: ``python -m services.messaging`` (run), ``... migrate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from shared import service
+from shared.broker import Broker, TransientError
+from shared.db import apply_migrations, create_pool, ensure_database
+from shared.logging import configure_logging, get_logger
+from shared.ops import start_ops_server
+from shared.settings import load_settings
+from shared.topology import command_queue
+
+from .handlers import Deps, handle_batch
+from .relay import OutboxRelay
+from .settings import MessagingSettings
+
+log = get_logger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+             asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError)
+
+
+async def migrate(settings: MessagingSettings) -> None:
+    await ensure_database(settings.messaging_database_url)
+    await apply_migrations(settings.messaging_database_url, MIGRATIONS)
+
+
+async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
+    await migrate(settings)
+    pool = await create_pool(settings.messaging_database_url,
+                             max_size=settings.messaging_db_pool_size)
+    broker = Broker(settings, "messaging")
+    await broker.start()
+    relay = OutboxRelay(settings.messaging_database_url, broker)
+    deps = Deps(pool=pool, on_commit=relay.wake)
+
+    async def handle(envelopes):
+        try:
+            return await handle_batch(envelopes, deps)
+        except TRANSIENT as exc:
+            raise TransientError(str(exc)) from exc
+
+    async def database_ready() -> bool:
+        async with pool.acquire(timeout=1) as conn:
+            return await conn.fetchval("SELECT true")
+
+    async def broker_ready() -> bool:
+        return broker.is_connected
+
+    ops = await start_ops_server({"postgres": database_ready, "rabbitmq": broker_ready},
+                                 settings.messaging_ops_host, settings.messaging_ops_port)
+    relay_task = asyncio.create_task(relay.run())
+    consumer = await broker.serve(command_queue("messaging"), handle,
+                                  prefetch=settings.messaging_prefetch)
+    log.info("messaging_started", ops_port=settings.messaging_ops_port)
+    await stop.wait()
+    log.info("messaging_stopping")
+    await consumer.stop(settings.shutdown_grace_s)
+    relay.wake()
+    await asyncio.sleep(0)  # let the relay publish what the last batch committed
+    relay_task.cancel()
+    await asyncio.gather(relay_task, return_exceptions=True)
+    await ops.cleanup()
+    await broker.close()
+    await pool.close()
+    log.info("messaging_stopped")
+
+
+def main() -> None:
+    settings = load_settings(MessagingSettings)
+    configure_logging("messaging", settings.log_level, settings.log_format)
+    command = sys.argv[1] if len(sys.argv) > 1 else "run"
+    if command == "migrate":
+        service.run(lambda _stop: migrate(settings))
+    elif command == "run":
+        service.run(lambda stop: serve(settings, stop))
+    else:
+        print("usage: python -m services.messaging [run|migrate]", file=sys.stderr)
+        raise SystemExit(2)

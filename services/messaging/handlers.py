@@ -1,0 +1,279 @@
+"""Entry points of the messaging service.
+
+A batch from the broker is split into writes and reads. All writes of a batch commit in one
+transaction (one seq bump per session, rows by ``unnest``), which is what lets the service keep
+up with thousands of messages a second; each write still gets its own result or error. Reads run
+on their own pooled connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from shared.contracts.commands import (
+    CreateSession,
+    GetEvents,
+    GetMessages,
+    GetSession,
+    JoinSession,
+    ListSessions,
+    SendMessage,
+)
+from shared.contracts.envelope import Envelope, failed, ok
+from shared.contracts.errors import ErrorCode, ServiceError
+from shared.contracts.frames import frame_from_event
+from shared.contracts.registry import payload_of
+from shared.logging import get_logger
+from shared.metrics import ENVELOPES_HANDLED
+
+from . import domain, store
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Deps:
+    pool: asyncpg.Pool
+    on_commit: Callable[[], None]  # wakes the outbox relay
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+@dataclass
+class Write:
+    index: int
+    envelope: Envelope
+    command: Any
+
+
+# ---- writes ----------------------------------------------------------------------------------
+
+async def create_sessions(conn, writes: list[Write], results: list, now: datetime) -> list:
+    events = []
+    existing = await store.load_sessions(conn, [w.command.session_id for w in writes],
+                                         for_update=True)
+    for w in writes:
+        try:
+            state = existing.get(w.command.session_id)
+            if state is not None:
+                domain.same_session_created(state, w.envelope.actor)
+                results[w.index] = ("session", w.command.session_id, w.envelope.actor)
+                continue
+            payload = domain.create_session(w.command, w.envelope.actor, now)
+        except ServiceError as exc:
+            results[w.index] = exc
+            continue
+        await store.insert_session(conn, payload, now)
+        existing[w.command.session_id] = domain.SessionState(
+            w.command.session_id, w.envelope.actor.user_id, 0,
+            {p["user_id"]: p["role"] for p in payload["participants"]})
+        events.append(_event(w, w.command.session_id, 0, "session_created", payload, now))
+        results[w.index] = ("session", w.command.session_id, w.envelope.actor)
+    return events
+
+
+async def send_messages(conn, writes: list[Write], results: list, now: datetime) -> list:
+    session_ids = sorted({w.command.session_id for w in writes})
+    states = await store.load_sessions(conn, session_ids, for_update=True)
+    keys = [(w.command.session_id, w.envelope.actor.user_id, w.command.client_msg_id)
+            for w in writes]
+    stored = await store.find_by_client_ids(conn, keys)
+    events, messages = [], []
+    for w, key in zip(writes, keys, strict=True):
+        state = states.get(w.command.session_id)
+        try:
+            decision = domain.send_message(state, stored.get(key), w.command, w.envelope.actor,
+                                           now)
+        except ServiceError as exc:
+            results[w.index] = exc
+            continue
+        if isinstance(decision, domain.StoredMessage):
+            results[w.index] = decision.view
+            continue
+        message = decision["message"]
+        state.last_seq = decision["seq"]
+        stored[key] = domain.StoredMessage(w.command.message_id, decision["seq"],
+                                           w.command.body, message)
+        events.append(_event(w, w.command.session_id, decision["seq"], "message_sent",
+                             decision, now))
+        messages.append(message)
+        results[w.index] = message
+    await store.insert_messages(conn, messages)
+    return events
+
+
+def _event(w: Write, stream_id, version, type_, payload, now) -> store.NewEvent:
+    return store.NewEvent(stream_id=stream_id, version=version, type=type_, payload=payload,
+                          actor=w.envelope.actor, correlation_id=w.envelope.correlation_id,
+                          causation_id=str(w.envelope.message_id), occurred_at=now)
+
+
+WRITE_HANDLERS: dict[type, Callable[..., Awaitable[list]]] = {
+    CreateSession: create_sessions,
+    SendMessage: send_messages,
+}
+
+
+async def handle_writes(writes: list[Write], results: list, deps: Deps) -> None:
+    now = deps.clock()
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await store.lock_appends(conn)
+        events = []
+        for command_type, handler in WRITE_HANDLERS.items():
+            group = [w for w in writes if type(w.command) is command_type]
+            if group:
+                events += await handler(conn, group, results, now)
+        await store.append_events(conn, events)
+        await store.record_inbox(conn, ((w.envelope.message_id, w.envelope.type)
+                                        for w in writes))
+        # Session answers are read inside the transaction so they include this batch.
+        for i, result in enumerate(results):
+            if isinstance(result, tuple) and result[0] == "session":
+                views = await store.session_views(conn, [result[1]], result[2].user_id)
+                results[i] = views[result[1]]
+    if any(True for _ in events):
+        deps.on_commit()
+
+
+# ---- reads -----------------------------------------------------------------------------------
+
+async def get_session(query: GetSession, envelope: Envelope, conn) -> dict:
+    states = await store.load_sessions(conn, [query.session_id])
+    domain.check_readable(states.get(query.session_id), envelope.actor)
+    views = await store.session_views(conn, [query.session_id], envelope.actor.user_id)
+    return views[query.session_id]
+
+
+async def list_sessions(query: ListSessions, envelope: Envelope, conn) -> dict:
+    after = decode_cursor(query.cursor) if query.cursor else None
+    page = await store.list_session_ids(conn, envelope.actor.user_id, query.limit + 1, after)
+    has_more = len(page) > query.limit
+    page = page[:query.limit]
+    views = await store.session_views(conn, [sid for sid, _ in page], envelope.actor.user_id)
+    next_cursor = encode_cursor(*page[-1]) if has_more and page else None
+    return {"sessions": [views[sid] for sid, _ in page], "next_cursor": next_cursor}
+
+
+async def get_messages(query: GetMessages, envelope: Envelope, conn) -> dict:
+    states = await store.load_sessions(conn, [query.session_id])
+    domain.check_readable(states.get(query.session_id), envelope.actor)
+    messages, has_more = await store.fetch_messages(
+        conn, query.session_id, before_seq=query.before_seq, after_seq=query.after_seq,
+        limit=query.limit)
+    return {"messages": messages, "has_more": has_more}
+
+
+async def get_events(query: GetEvents, envelope: Envelope, conn) -> dict:
+    states = await store.load_sessions(conn, [query.session_id])
+    domain.check_readable(states.get(query.session_id), envelope.actor)
+    rows, has_more = await store.fetch_stream(conn, query.session_id, query.after_seq,
+                                              query.limit)
+    return {"events": _frames(rows), "has_more": has_more}
+
+
+async def join_session(query: JoinSession, envelope: Envelope, conn) -> dict:
+    states = await store.load_sessions(conn, [query.session_id])
+    state = domain.check_readable(states.get(query.session_id), envelope.actor)
+    views = await store.session_views(conn, [query.session_id], envelope.actor.user_id)
+    backlog, truncated = [], False
+    if query.after_seq is not None:
+        rows, truncated = await store.fetch_stream(conn, query.session_id, query.after_seq,
+                                                   query.backlog_limit)
+        backlog = _frames(rows)
+    return {
+        "session_id": str(query.session_id), "last_seq": state.last_seq,
+        "participants": views[query.session_id]["participants"],
+        "receipts": await store.receipts_of(conn, query.session_id),
+        "backlog": backlog, "backlog_truncated": truncated,
+    }
+
+
+def _frames(rows) -> list[dict]:
+    frames = []
+    for row in rows:
+        frame = frame_from_event(row["type"], row["payload"])
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+READ_HANDLERS: dict[type, Callable[..., Awaitable[dict]]] = {
+    GetSession: get_session,
+    ListSessions: list_sessions,
+    GetMessages: get_messages,
+    GetEvents: get_events,
+    JoinSession: join_session,
+}
+
+
+async def run_read(handler, query, envelope: Envelope, deps: Deps):
+    async with deps.pool.acquire() as conn:
+        try:
+            return await handler(query, envelope, conn)
+        except ServiceError as exc:
+            return exc
+
+
+# ---- the batch entry point -------------------------------------------------------------------
+
+async def handle_batch(envelopes: list[Envelope], deps: Deps) -> list[dict]:
+    results: list[Any] = [None] * len(envelopes)
+    writes: list[Write] = []
+    reads = []
+    for index, envelope in enumerate(envelopes):
+        try:
+            if envelope.actor is None:
+                raise ServiceError(ErrorCode.UNAUTHENTICATED, "command has no actor")
+            command = payload_of(envelope)
+        except ServiceError as exc:
+            results[index] = exc
+            continue
+        if type(command) in WRITE_HANDLERS:
+            writes.append(Write(index, envelope, command))
+        elif type(command) in READ_HANDLERS:
+            reads.append((index, READ_HANDLERS[type(command)], command, envelope))
+        else:
+            results[index] = ServiceError(ErrorCode.INVALID,
+                                          f"messaging does not handle {envelope.type}")
+    if writes:
+        await handle_writes(writes, results, deps)
+    if reads:
+        answers = await asyncio.gather(*(run_read(h, q, e, deps) for _, h, q, e in reads))
+        for (index, *_), answer in zip(reads, answers, strict=True):
+            results[index] = answer
+    return [_reply(envelopes[i], r) for i, r in enumerate(results)]
+
+
+def _reply(envelope: Envelope, result) -> dict:
+    if isinstance(result, ServiceError):
+        ENVELOPES_HANDLED.labels(envelope.type, result.code.value).inc()
+        if result.code not in (ErrorCode.NOT_FOUND,):
+            log.info("command_refused", type=envelope.type, code=result.code.value,
+                     reason=result.message, correlation_id=envelope.correlation_id,
+                     actor=envelope.actor.user_id if envelope.actor else None)
+        return failed(result)
+    ENVELOPES_HANDLED.labels(envelope.type, "ok").inc()
+    return ok(result)
+
+
+# ---- cursors ---------------------------------------------------------------------------------
+
+def encode_cursor(session_id: uuid.UUID, activity: datetime) -> str:
+    raw = f"{activity.isoformat()}|{session_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, session_id = raw.split("|")
+        return datetime.fromisoformat(moment), uuid.UUID(session_id)
+    except Exception:
+        raise ServiceError(ErrorCode.INVALID, "cursor: not a cursor this API gave out") from None

@@ -1,0 +1,110 @@
+"""The transactional outbox relay: publishes committed events from the event store.
+
+It tails ``events`` by ``position`` from the checkpoint, publishes each run of events as one AMQP
+message on ``chat.events`` (routing keys ``session.<id>.<type>``, the extra ones in ``BCC``),
+waits for the broker's confirm, and only then moves the checkpoint. A crash between confirm and
+checkpoint republishes the same events (consumers de-duplicate by seq and event id); nothing
+committed is skipped, and nothing uncommitted is ever published.
+
+Exactly one relay is active across replicas: it holds a session-level advisory lock on a
+dedicated connection; the others wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import orjson
+
+from shared.broker import Broker
+from shared.contracts.errors import ServiceError
+from shared.contracts.fields import rfc3339
+from shared.logging import get_logger
+from shared.topology import EVENTS, session_key
+
+log = get_logger(__name__)
+RELAY_LOCK = 0x72656c79  # "rely"
+
+
+class OutboxRelay:
+    def __init__(self, database_url: str, broker: Broker, *, batch_size: int = 500,
+                 idle_poll_s: float = 1.0):
+        self.database_url = database_url
+        self.broker = broker
+        self.batch_size = batch_size
+        self.idle_poll_s = idle_poll_s
+        self._wakeup = asyncio.Event()
+        self.published_position = 0
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        body = orjson.dumps(envelopes)
+        while True:
+            try:
+                await self._run_while_connected()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("relay_interrupted", error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    async def _run_while_connected(self) -> None:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                await asyncio.sleep(2.0)  # another replica relays; stand by
+            log.info("relay_active")
+            await conn.add_listener("events_appended", lambda *_: self.wake())
+            while True:
+                published = await self._publish_once(conn)
+                if published < self.batch_size:
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), self.idle_poll_s)
+                    except TimeoutError:
+                        pass
+                    self._wakeup.clear()
+        finally:
+            await conn.close(timeout=2)
+
+    async def _publish_once(self, conn: asyncpg.Connection) -> int:
+        checkpoint = await conn.fetchval(
+            "SELECT position FROM outbox_checkpoint WHERE name = 'events'")
+        rows = await conn.fetch(
+            """SELECT position, event_id, stream_id, version, type, schema_version, payload,
+                      actor_id, actor_role, correlation_id, causation_id, occurred_at
+               FROM events WHERE position > $1 ORDER BY position LIMIT $2""",
+            checkpoint, self.batch_size)
+        if not rows:
+            return 0
+        envelopes, keys = [], []
+        for row in rows:
+            envelopes.append(event_envelope(row))
+            key = session_key(row["stream_id"], row["type"])
+            if key not in keys:
+                keys.append(key)
+        while True:
+            try:
+                await self.broker.publish(EVENTS, keys, body, message_type="events")
+                break
+            except ServiceError:
+                await asyncio.sleep(0.5)  # broker away: keep the events, try again
+        last = rows[-1]["position"]
+        await conn.execute("UPDATE outbox_checkpoint SET position = $1 WHERE name = 'events'",
+                           last)
+        self.published_position = last
+        return len(rows)
+
+
+def event_envelope(row) -> dict:
+    """An event as it travels (an ``Envelope`` in JSON); ``seq`` is in the payload."""
+    actor = ({"user_id": row["actor_id"], "role": row["actor_role"]}
+             if row["actor_id"] else None)
+    return {
+        "message_id": str(row["event_id"]), "type": row["type"],
+        "version": row["schema_version"], "occurred_at": rfc3339(row["occurred_at"]),
+        "correlation_id": row["correlation_id"], "causation_id": row["causation_id"],
+        "actor": actor, "payload": row["payload"],
+    }

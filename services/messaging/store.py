@@ -1,0 +1,290 @@
+"""SQL of the messaging service: the event store, its projections, and the read queries.
+
+Invariants:
+- Every append runs inside a transaction that first takes ``APPEND_LOCK`` (a transaction-level
+  advisory lock). Appends are therefore serial, so ``events.position`` becomes visible in commit
+  order and the outbox relay, which tails by position, can never skip an event.
+- A projection row changes in the same transaction as the event that changes it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+import asyncpg
+
+from shared.contracts.envelope import Actor
+from shared.contracts.fields import rfc3339
+
+from .domain import SessionState, StoredMessage
+
+APPEND_LOCK = 0x6D736773  # "msgs"
+
+
+class NewEvent:
+    """An event about to be appended."""
+
+    __slots__ = ("event_id", "stream_id", "version", "type", "payload", "actor",
+                 "correlation_id", "causation_id", "occurred_at")
+
+    def __init__(self, *, stream_id: uuid.UUID, version: int | None, type: str, payload: dict,
+                 actor: Actor | None, correlation_id: str | None, causation_id: str | None,
+                 occurred_at: datetime, event_id: uuid.UUID | None = None):
+        self.event_id = event_id or uuid.uuid4()
+        self.stream_id = stream_id
+        self.version = version
+        self.type = type
+        self.payload = payload
+        self.actor = actor
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.occurred_at = occurred_at
+
+
+SCHEMA_VERSIONS = {"session_created": 1, "message_sent": 1}
+
+
+async def lock_appends(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+
+
+async def append_events(conn: asyncpg.Connection, events: list[NewEvent]) -> None:
+    """Append in one statement; a duplicate (stream, version) raises UniqueViolationError."""
+    if not events:
+        return
+    await conn.execute(
+        """INSERT INTO events (event_id, stream_id, version, type, schema_version, payload,
+                               actor_id, actor_role, correlation_id, causation_id, occurred_at)
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[],
+                                $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                $11::timestamptz[])""",
+        [e.event_id for e in events], [e.stream_id for e in events],
+        [e.version for e in events], [e.type for e in events],
+        [SCHEMA_VERSIONS[e.type] for e in events], [e.payload for e in events],
+        [e.actor.user_id if e.actor else None for e in events],
+        [e.actor.role if e.actor else None for e in events],
+        [e.correlation_id for e in events], [e.causation_id for e in events],
+        [e.occurred_at for e in events],
+    )
+    await conn.execute("SELECT pg_notify('events_appended', '')")
+
+
+async def record_inbox(conn: asyncpg.Connection, items: Iterable[tuple[uuid.UUID, str]]) -> None:
+    items = list(items)
+    if items:
+        await conn.execute(
+            """INSERT INTO inbox (message_id, type)
+               SELECT * FROM unnest($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING""",
+            [i[0] for i in items], [i[1] for i in items])
+
+
+# ---- session state ---------------------------------------------------------------------------
+
+async def load_sessions(conn: asyncpg.Connection, session_ids: list[uuid.UUID], *,
+                        for_update: bool = False) -> dict[uuid.UUID, SessionState]:
+    """Sessions with their participants; ``for_update`` locks the rows in id order (a fixed
+    order, so two writers can never deadlock)."""
+    if not session_ids:
+        return {}
+    lock = " FOR UPDATE" if for_update else ""
+    rows = await conn.fetch(
+        f"SELECT id, created_by, last_seq FROM sessions WHERE id = ANY($1::uuid[])"
+        f" ORDER BY id{lock}", session_ids)
+    states = {r["id"]: SessionState(r["id"], r["created_by"], r["last_seq"]) for r in rows}
+    if states:
+        for r in await conn.fetch(
+                "SELECT session_id, user_id, role FROM participants"
+                " WHERE session_id = ANY($1::uuid[])", list(states)):
+            states[r["session_id"]].participants[r["user_id"]] = r["role"]
+    return states
+
+
+async def insert_session(conn: asyncpg.Connection, payload: dict, now: datetime) -> None:
+    session_id = uuid.UUID(payload["session_id"])
+    await conn.execute(
+        """INSERT INTO sessions (id, title, created_by, created_at, last_seq, last_activity_at)
+           VALUES ($1, $2, $3, $4, 0, $4)""",
+        session_id, payload["title"], payload["created_by"], now)
+    users = [p["user_id"] for p in payload["participants"]]
+    await conn.execute(
+        """INSERT INTO participants (session_id, user_id, role, added_at)
+           SELECT $1, u, r, $4 FROM unnest($2::text[], $3::text[]) AS t(u, r)""",
+        session_id, users, [p["role"] for p in payload["participants"]], now)
+    await conn.execute(
+        """INSERT INTO receipts (session_id, user_id)
+           SELECT $1, u FROM unnest($2::text[]) AS t(u)""", session_id, users)
+
+
+# ---- messages --------------------------------------------------------------------------------
+
+MESSAGE_COLUMNS = ("id, session_id, seq, sender_id, kind, body, client_msg_id, created_at,"
+                   " deleted, attachment")
+
+
+def message_view(row) -> dict:
+    return {
+        "id": str(row["id"]), "session_id": str(row["session_id"]), "seq": row["seq"],
+        "sender_id": row["sender_id"], "kind": row["kind"],
+        "body": None if row["deleted"] else row["body"],
+        "client_msg_id": row["client_msg_id"], "created_at": rfc3339(row["created_at"]),
+        "deleted": row["deleted"], "attachment": None if row["deleted"] else row["attachment"],
+    }
+
+
+async def find_by_client_ids(conn: asyncpg.Connection,
+                             keys: list[tuple[uuid.UUID, str, str]]
+                             ) -> dict[tuple[uuid.UUID, str, str], StoredMessage]:
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        f"""SELECT {MESSAGE_COLUMNS.replace('id,', 'm.id,', 1)} FROM messages m
+            JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS k(s, u, c)
+              ON m.session_id = k.s AND m.sender_id = k.u AND m.client_msg_id = k.c""",
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+    return {(r["session_id"], r["sender_id"], r["client_msg_id"]):
+            StoredMessage(r["id"], r["seq"], r["body"], message_view(r)) for r in rows}
+
+
+async def insert_messages(conn: asyncpg.Connection, messages: list[dict]) -> None:
+    """Project ``message_sent`` events: message rows, session last_seq/activity, and the
+    sender's own read marker (sending moves it to the new message)."""
+    if not messages:
+        return
+    ids = [uuid.UUID(m["id"]) for m in messages]
+    sessions = [uuid.UUID(m["session_id"]) for m in messages]
+    seqs = [m["seq"] for m in messages]
+    senders = [m["sender_id"] for m in messages]
+    times = [datetime.fromisoformat(m["created_at"]) for m in messages]
+    await conn.execute(
+        """INSERT INTO messages (id, session_id, seq, sender_id, kind, body, client_msg_id,
+                                 created_at, attachment)
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
+                                $6::text[], $7::text[], $8::timestamptz[], $9::jsonb[])""",
+        ids, sessions, seqs, senders, [m["kind"] for m in messages],
+        [m["body"] for m in messages], [m["client_msg_id"] for m in messages], times,
+        [m["attachment"] for m in messages])
+    await conn.execute(
+        """UPDATE sessions s SET last_seq = GREATEST(s.last_seq, t.seq),
+                  last_message_seq = GREATEST(COALESCE(s.last_message_seq, 0), t.seq),
+                  last_activity_at = GREATEST(s.last_activity_at, t.at)
+           FROM (SELECT session_id, max(seq) AS seq, max(at) AS at
+                 FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(session_id, seq, at)
+                 GROUP BY session_id) t
+           WHERE s.id = t.session_id""",
+        sessions, seqs, times)
+    await conn.execute(
+        """INSERT INTO receipts AS r (session_id, user_id, delivered_seq, read_seq)
+           SELECT session_id, user_id, max(seq), max(seq)
+           FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(session_id, user_id, seq)
+           GROUP BY session_id, user_id
+           ON CONFLICT (session_id, user_id) DO UPDATE
+             SET delivered_seq = GREATEST(r.delivered_seq, EXCLUDED.delivered_seq),
+                 read_seq = GREATEST(r.read_seq, EXCLUDED.read_seq)""",
+        sessions, senders, seqs)
+
+
+async def fetch_messages(conn: asyncpg.Connection, session_id: uuid.UUID, *,
+                         before_seq: int | None, after_seq: int | None, limit: int
+                         ) -> tuple[list[dict], bool]:
+    """A page in ascending seq and whether more lie in that direction."""
+    if after_seq is not None:
+        rows = await conn.fetch(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND seq > $2"
+            " ORDER BY seq LIMIT $3", session_id, after_seq, limit + 1)
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+    else:
+        bound = before_seq if before_seq is not None else 2**31 - 1
+        rows = await conn.fetch(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND seq < $2"
+            " ORDER BY seq DESC LIMIT $3", session_id, bound, limit + 1)
+        has_more = len(rows) > limit
+        rows = list(reversed(rows[:limit]))
+    return [message_view(r) for r in rows], has_more
+
+
+async def fetch_stream(conn: asyncpg.Connection, session_id: uuid.UUID, after_seq: int,
+                       limit: int) -> tuple[list[asyncpg.Record], bool]:
+    rows = await conn.fetch(
+        """SELECT version, type, payload FROM events
+           WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3""",
+        session_id, after_seq, limit + 1)
+    return rows[:limit], len(rows) > limit
+
+
+# ---- session views ---------------------------------------------------------------------------
+
+async def session_views(conn: asyncpg.Connection, session_ids: list[uuid.UUID], viewer: str
+                        ) -> dict[uuid.UUID, dict]:
+    """Sessions as clients see them, with the viewer's unread count."""
+    if not session_ids:
+        return {}
+    rows = await conn.fetch(
+        f"""SELECT s.id, s.title, s.created_by, s.created_at, s.last_seq,
+                   (SELECT row_to_json(m) FROM (SELECT {MESSAGE_COLUMNS} FROM messages
+                      WHERE session_id = s.id AND seq = s.last_message_seq) m) AS last_message,
+                   (SELECT count(*) FROM messages m
+                     WHERE m.session_id = s.id AND NOT m.deleted AND m.sender_id <> $2
+                       AND m.seq > COALESCE((SELECT read_seq FROM receipts r
+                                             WHERE r.session_id = s.id AND r.user_id = $2), 0)
+                   ) AS unread_count
+            FROM sessions s WHERE s.id = ANY($1::uuid[])""", session_ids, viewer)
+    participants: dict[uuid.UUID, list[dict]] = {r["id"]: [] for r in rows}
+    for p in await conn.fetch(
+            """SELECT session_id, user_id, role FROM participants
+               WHERE session_id = ANY($1::uuid[]) ORDER BY session_id, role DESC, added_at,
+               user_id""", list(participants)):
+        participants[p["session_id"]].append({"user_id": p["user_id"], "role": p["role"]})
+    views = {}
+    for r in rows:
+        last = r["last_message"]
+        if last is not None:
+            last = _json_message(last)
+        views[r["id"]] = {
+            "id": str(r["id"]), "title": r["title"], "created_by": r["created_by"],
+            "created_at": rfc3339(r["created_at"]), "participants": participants[r["id"]],
+            "last_seq": r["last_seq"], "last_message": last, "unread_count": r["unread_count"],
+        }
+    return views
+
+
+def _json_message(data: dict) -> dict:
+    """A message row that came back through row_to_json."""
+    deleted = data["deleted"]
+    return {
+        "id": data["id"], "session_id": data["session_id"], "seq": data["seq"],
+        "sender_id": data["sender_id"], "kind": data["kind"],
+        "body": None if deleted else data["body"], "client_msg_id": data["client_msg_id"],
+        "created_at": rfc3339(datetime.fromisoformat(data["created_at"])),
+        "deleted": deleted, "attachment": None if deleted else data["attachment"],
+    }
+
+
+async def list_session_ids(conn: asyncpg.Connection, user_id: str, limit: int,
+                           after: tuple[datetime, uuid.UUID] | None
+                           ) -> list[tuple[uuid.UUID, datetime]]:
+    """The user's sessions, newest activity first, keyset-paged by (activity, id)."""
+    if after is None:
+        rows = await conn.fetch(
+            """SELECT s.id, s.last_activity_at FROM participants p JOIN sessions s
+                 ON s.id = p.session_id
+               WHERE p.user_id = $1 ORDER BY s.last_activity_at DESC, s.id DESC LIMIT $2""",
+            user_id, limit)
+    else:
+        rows = await conn.fetch(
+            """SELECT s.id, s.last_activity_at FROM participants p JOIN sessions s
+                 ON s.id = p.session_id
+               WHERE p.user_id = $1 AND (s.last_activity_at, s.id) < ($3, $4)
+               ORDER BY s.last_activity_at DESC, s.id DESC LIMIT $2""",
+            user_id, limit, after[0], after[1])
+    return [(r["id"], r["last_activity_at"]) for r in rows]
+
+
+async def receipts_of(conn: asyncpg.Connection, session_id: uuid.UUID) -> dict[str, dict]:
+    rows = await conn.fetch(
+        "SELECT user_id, delivered_seq, read_seq FROM receipts WHERE session_id = $1",
+        session_id)
+    return {r["user_id"]: {"delivered_seq": r["delivered_seq"], "read_seq": r["read_seq"]}
+            for r in rows}

@@ -1,0 +1,1 @@
+"""What every service imports: contracts, broker layer, settings, logging, ops endpoints."""

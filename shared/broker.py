@@ -1,0 +1,405 @@
+"""The broker layer over aio-pika: every service talks to RabbitMQ through this module only.
+
+- Topology is declared from ``shared.topology``.
+- ``publish`` uses publisher confirms, ``mandatory`` and a timeout; a failure is a
+  ``ServiceError(unavailable)``, never a silent drop. Confirms are pipelined: concurrent publishes
+  share the channel and each awaits its own confirm.
+- ``request`` is request/reply over direct reply-to. Requests for the same routing key that
+  arrive within ``coalesce_window_s`` travel as one AMQP message (an array of envelopes) and are
+  answered by one reply; each caller still gets its own result or error. No reply within
+  ``rpc_timeout_s`` becomes 503 ``unavailable``.
+- ``serve`` consumes a durable quorum queue with a prefetch limit, hands the handler every
+  envelope that is waiting (up to ``max_batch``) at once, replies, and acks only after the handler
+  returned (the handler commits). If a batch fails, each message is retried alone, so one poison
+  message cannot hold the others; a message that keeps failing is dead-lettered by the queue's
+  delivery limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from .contracts.envelope import Envelope, decode_batch, encode_batch
+from .contracts.errors import ServiceError, unavailable
+from .logging import get_logger
+from .metrics import (
+    BATCH_SIZE,
+    BROKER_CONNECTED,
+    BROKER_CONSUMED,
+    BROKER_PUBLISH_FAILURES,
+    BROKER_PUBLISHED,
+    HANDLER_SECONDS,
+    RPC_FAILURES,
+    RPC_SECONDS,
+)
+from .settings import CommonSettings
+from .topology import COMMANDS, DEAD_LETTERS, EXCHANGES, DurableQueue
+
+log = get_logger(__name__)
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+JSON = "application/json"
+
+# A batch handler gets every envelope of the batch and returns one result per envelope, in
+# order: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {...}}``.
+BatchHandler = Callable[[list[Envelope]], Awaitable[list[dict[str, Any]]]]
+RawCallback = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class TransientError(Exception):
+    """A store is unreachable: the batch is retried with backoff and never counts against the
+    delivery limit (the messages stay unacked; callers time out and retry idempotently)."""
+
+
+class Broker:
+    def __init__(self, settings: CommonSettings, service: str, *,
+                 coalesce_window_s: float = 0.002, max_request_batch: int = 256):
+        self.settings = settings
+        self.service = service
+        self.coalesce_window_s = coalesce_window_s
+        self.max_request_batch = max_request_batch
+        self.connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._reply_channel: AbstractChannel | None = None
+        self.exchanges: dict[str, AbstractExchange] = {}
+        self._waiting: dict[str, list[asyncio.Future]] = {}
+        self._pending: dict[str, list[tuple[Envelope, asyncio.Future]]] = defaultdict(list)
+        self._flush_handles: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.connection = await aio_pika.connect_robust(
+            self.settings.amqp_url,
+            client_properties={"connection_name": f"{self.service}-{self.settings.instance_id}"},
+            reconnect_interval=1,
+        )
+        self.connection.close_callbacks.add(lambda *_: BROKER_CONNECTED.set(0))
+        self.connection.reconnect_callbacks.add(lambda *_: BROKER_CONNECTED.set(1))
+        BROKER_CONNECTED.set(1)
+        self._channel = await self.connection.channel(publisher_confirms=True,
+                                                      on_return_raises=True)
+        self._reply_channel = await self.connection.channel(publisher_confirms=False)
+        for name in EXCHANGES:
+            self.exchanges[name] = await self._channel.declare_exchange(
+                name, aio_pika.ExchangeType.TOPIC, durable=True)
+        reply_queue = await self._channel.get_queue(DIRECT_REPLY_TO, ensure=False)
+        await reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def close(self) -> None:
+        self._closing = True
+        for handle in self._flush_handles.values():
+            handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.connection is not None:
+            await self.connection.close()
+        BROKER_CONNECTED.set(0)
+
+    @property
+    def is_connected(self) -> bool:
+        return (self.connection is not None and not self.connection.is_closed
+                and self._channel is not None and not self._channel.is_closed)
+
+    # ---- topology -------------------------------------------------------------------------
+
+    async def declare_durable(self, spec: DurableQueue, channel: AbstractChannel | None = None
+                              ) -> AbstractQueue:
+        channel = channel or self._channel
+        dlx = await channel.get_exchange(DEAD_LETTERS, ensure=False)
+        dlq = await channel.declare_queue(spec.dead_letter_queue, durable=True,
+                                          arguments={"x-queue-type": "quorum"})
+        await dlq.bind(dlx, spec.name)
+        queue = await channel.declare_queue(
+            spec.name, durable=True, arguments=spec.arguments(self.settings.delivery_limit))
+        exchange = await channel.get_exchange(spec.exchange, ensure=False)
+        for key in spec.bindings:
+            await queue.bind(exchange, key)
+        return queue
+
+    async def declare_exclusive(self, name: str, channel: AbstractChannel | None = None
+                                ) -> AbstractQueue:
+        channel = channel or self._channel
+        return await channel.declare_queue(name, exclusive=True, auto_delete=True,
+                                           arguments={"x-queue-type": "classic"})
+
+    # ---- publishing -----------------------------------------------------------------------
+
+    async def publish(self, exchange: str, routing_keys: list[str], body: bytes, *,
+                      message_type: str | None = None, reply_to: str | None = None,
+                      correlation_id: str | None = None, persistent: bool = True) -> None:
+        """Publish one AMQP message and wait for the broker's confirm.
+
+        ``routing_keys[0]`` is the routing key; the rest go in ``BCC`` so that the message
+        reaches each queue bound to any of them exactly once.
+        """
+        headers: dict[str, Any] = {}
+        if len(routing_keys) > 1:
+            headers["BCC"] = list(routing_keys[1:])
+        message = aio_pika.Message(
+            body,
+            content_type=JSON,
+            delivery_mode=(aio_pika.DeliveryMode.PERSISTENT if persistent
+                           else aio_pika.DeliveryMode.NOT_PERSISTENT),
+            headers=headers or None,
+            reply_to=reply_to,
+            correlation_id=correlation_id,
+            type=message_type,
+            app_id=self.service,
+        )
+        try:
+            if self._channel is None or self._channel.is_closed:
+                raise ConnectionError("broker channel is closed")
+            await self.exchanges[exchange].publish(
+                message, routing_keys[0], mandatory=True,
+                timeout=self.settings.publish_timeout_s)
+        except Exception as exc:
+            BROKER_PUBLISH_FAILURES.labels(exchange).inc()
+            log.warning("publish_failed", exchange=exchange, routing_key=routing_keys[0],
+                        error=repr(exc))
+            raise unavailable("message broker unavailable") from exc
+        BROKER_PUBLISHED.labels(exchange, "request" if reply_to else "message").inc()
+
+    # ---- request / reply ------------------------------------------------------------------
+
+    async def request(self, envelope: Envelope, *, routing_key: str | None = None,
+                      timeout: float | None = None) -> Any:
+        """Send a command or query and return its result; raise its ServiceError."""
+        routing_key = routing_key or envelope.type
+        timeout = timeout or self.settings.rpc_timeout_s
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        pending = self._pending[routing_key]
+        pending.append((envelope, future))
+        if len(pending) >= self.max_request_batch:
+            self._flush_now(routing_key)
+        elif routing_key not in self._flush_handles:
+            self._flush_handles[routing_key] = asyncio.get_running_loop().call_later(
+                self.coalesce_window_s, self._flush_now, routing_key)
+        started = time.perf_counter()
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            RPC_FAILURES.labels(routing_key, "timeout").inc()
+            raise unavailable(f"no answer from {routing_key.split('.')[0]} in time") from None
+        finally:
+            RPC_SECONDS.labels(routing_key).observe(time.perf_counter() - started)
+        if reply.get("ok"):
+            return reply.get("result")
+        raise ServiceError.from_dict(reply["error"])
+
+    def _flush_now(self, routing_key: str) -> None:
+        handle = self._flush_handles.pop(routing_key, None)
+        if handle is not None:
+            handle.cancel()
+        batch = self._pending.pop(routing_key, [])
+        if batch:
+            self._spawn(self._send_requests(routing_key, batch))
+
+    async def _send_requests(self, routing_key: str, batch: list[tuple[Envelope, asyncio.Future]]
+                             ) -> None:
+        correlation_id = uuid.uuid4().hex
+        futures = [future for _, future in batch]
+        self._waiting[correlation_id] = futures
+        asyncio.get_running_loop().call_later(
+            self.settings.rpc_timeout_s + 1, self._waiting.pop, correlation_id, None)
+        try:
+            await self.publish(COMMANDS, [routing_key], encode_batch([env for env, _ in batch]),
+                               message_type=routing_key, reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
+                               persistent=False)
+        except ServiceError as exc:
+            self._waiting.pop(correlation_id, None)
+            RPC_FAILURES.labels(routing_key, "publish").inc()
+            for future in futures:
+                if not future.done():
+                    future.set_result({"ok": False, "error": exc.to_dict()})
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        futures = self._waiting.pop(message.correlation_id or "", None)
+        if futures is None:
+            return  # the callers gave up (timeout) or it is not ours
+        try:
+            results = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            log.error("bad_reply_body", correlation_id=message.correlation_id)
+            results = []
+        for index, future in enumerate(futures):
+            if future.done():
+                continue
+            if index < len(results):
+                future.set_result(results[index])
+            else:
+                future.set_result({"ok": False, "error": unavailable("malformed reply").to_dict()})
+
+    # ---- consuming ------------------------------------------------------------------------
+
+    async def serve(self, spec: DurableQueue, handler: BatchHandler, *, prefetch: int = 256,
+                    max_batch: int = 256) -> Consumer:
+        """Start consuming ``spec``, handing the handler batches of envelopes."""
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await self.declare_durable(spec, channel)
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        worker = _BatchWorker(self, spec.name, handler, inbox, max_batch)
+        tag = await queue.consume(inbox.put)
+        return Consumer(queue, tag, worker, asyncio.create_task(worker.run()))
+
+    async def consume_raw(self, queue: AbstractQueue, callback: RawCallback) -> None:
+        """Consume without acks (exclusive per-instance queues whose loss is recovered by
+        clients resuming from their last seq)."""
+        await queue.consume(callback, no_ack=True)
+
+    async def reply(self, message: AbstractIncomingMessage, results: list[dict[str, Any]]) -> None:
+        if not message.reply_to:
+            return
+        try:
+            await self._reply_channel.default_exchange.publish(
+                aio_pika.Message(orjson.dumps(results), content_type=JSON,
+                                 correlation_id=message.correlation_id,
+                                 delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+                message.reply_to, mandatory=False)
+        except Exception as exc:  # the caller will time out and retry idempotently
+            log.warning("reply_failed", error=repr(exc))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class Consumer:
+    """A running consumer. ``stop`` stops taking work and lets the batch in hand finish; what
+    was prefetched but not handled goes back to the queue when the channel closes."""
+
+    def __init__(self, queue: AbstractQueue, tag: str, worker: _BatchWorker, task: asyncio.Task):
+        self.queue, self.tag, self.worker, self.task = queue, tag, worker, task
+
+    async def stop(self, grace_s: float) -> None:
+        try:
+            await self.queue.cancel(self.tag)
+        except Exception as exc:
+            log.warning("consumer_cancel_failed", error=repr(exc))
+        self.worker.stopping = True
+        try:
+            await asyncio.wait_for(self.worker.idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning("shutdown_grace_expired", queue=self.worker.queue_name)
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+class _BatchWorker:
+    """Takes what is waiting in the inbox, handles it as one batch, replies, then acks."""
+
+    def __init__(self, broker: Broker, queue_name: str, handler: BatchHandler,
+                 inbox: asyncio.Queue, max_batch: int):
+        self.broker = broker
+        self.queue_name = queue_name
+        self.handler = handler
+        self.inbox = inbox
+        self.max_batch = max_batch
+        self.stopping = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def run(self) -> None:
+        while not self.stopping:
+            messages = [await self.inbox.get()]
+            if self.stopping:
+                break
+            while not self.inbox.empty() and len(messages) < self.max_batch:
+                messages.append(self.inbox.get_nowait())
+            self.idle.clear()
+            try:
+                await self.handle(messages)
+            finally:
+                self.idle.set()
+
+    async def handle(self, messages: list[AbstractIncomingMessage]) -> None:
+        decoded: list[tuple[AbstractIncomingMessage, list[Envelope]]] = []
+        for message in messages:
+            try:
+                decoded.append((message, decode_batch(message.body)))
+            except ServiceError as exc:
+                # A malformed message will never succeed: straight to the dead-letter queue.
+                log.error("malformed_message", queue=self.queue_name, error=exc.message,
+                          message_id=message.message_id)
+                BROKER_CONSUMED.labels(self.queue_name, "malformed").inc()
+                await self.broker.reply(message, [{"ok": False, "error": exc.to_dict()}])
+                await _settle(message.reject(requeue=False))
+        if not decoded:
+            return
+        if await self._attempt(decoded):
+            return
+        if len(decoded) == 1:
+            await self._give_back(decoded[0][0])
+            return
+        log.warning("batch_failed_retrying_one_by_one", queue=self.queue_name,
+                    messages=len(decoded))
+        for item in decoded:
+            if not await self._attempt([item]):
+                await self._give_back(item[0])
+
+    async def _attempt(self, decoded) -> bool:
+        """Handle; while a store is unreachable, wait and try again. False: the handler
+        failed for another reason (logged)."""
+        delay = 0.2
+        while True:
+            try:
+                await self._handle_together(decoded)
+                return True
+            except TransientError as exc:
+                log.warning("store_unavailable_retrying", queue=self.queue_name,
+                            error=repr(exc.__cause__ or exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                log.exception("handler_failed", queue=self.queue_name, messages=len(decoded))
+                return False
+
+    async def _handle_together(self, decoded) -> None:
+        envelopes = [env for _, envs in decoded for env in envs]
+        BATCH_SIZE.labels(self.queue_name).observe(len(envelopes))
+        started = time.perf_counter()
+        results = await self.handler(envelopes)
+        HANDLER_SECONDS.labels(self.queue_name).observe(time.perf_counter() - started)
+        offset = 0
+        for message, envs in decoded:
+            await self.broker.reply(message, results[offset:offset + len(envs)])
+            offset += len(envs)
+        for message, _ in decoded:
+            await _settle(message.ack())
+        BROKER_CONSUMED.labels(self.queue_name, "ok").inc(len(decoded))
+
+    async def _give_back(self, message: AbstractIncomingMessage) -> None:
+        """Requeue for another try; the quorum queue's delivery limit dead-letters it."""
+        log.error("message_failed", queue=self.queue_name, message_id=message.message_id,
+                  redelivered=message.redelivered)
+        BROKER_CONSUMED.labels(self.queue_name, "failed").inc()
+        await _settle(message.nack(requeue=True))
+
+
+async def _settle(coro) -> None:
+    """Ack/nack on a channel that died is harmless: the broker redelivers, handlers are
+    idempotent."""
+    try:
+        await coro
+    except Exception as exc:
+        log.warning("settle_failed", error=repr(exc))

@@ -1,0 +1,1 @@
+"""Contracts: frozen pydantic models of every command, event, frame, body and error."""

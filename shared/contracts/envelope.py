@@ -1,0 +1,81 @@
+"""The envelope every broker message carries, and how a batch of them travels.
+
+Wire format of one AMQP message body (``content_type: application/json``)::
+
+    [ {"message_id": uuid, "type": str, "version": int, "occurred_at": rfc3339,
+       "correlation_id": str|null, "causation_id": str|null,
+       "actor": {"user_id": str, "role": str}|null, "payload": {...}}, ... ]
+
+A body is always a JSON array: batching several envelopes into one AMQP message is how every
+hop keeps its broker message count low. Each envelope keeps its own id, actor and correlation id,
+so batching never merges two requests. A reply to a request batch is an array of the same length
+and order: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"code", "message", ...}}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ErrorCode, ServiceError
+from .fields import Role, UserId
+
+
+class Actor(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    user_id: UserId
+    role: Role
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: uuid.UUID
+    type: str
+    version: int
+    occurred_at: datetime
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    actor: Actor | None = None
+    payload: dict[str, Any]
+
+
+def new_envelope(type_: str, version: int, payload: dict[str, Any], *,
+                 actor: Actor | None = None, correlation_id: str | None = None,
+                 causation_id: str | None = None, message_id: uuid.UUID | None = None,
+                 occurred_at: datetime | None = None) -> Envelope:
+    return Envelope(
+        message_id=message_id or uuid.uuid4(), type=type_, version=version,
+        occurred_at=occurred_at or datetime.now(UTC), correlation_id=correlation_id,
+        causation_id=causation_id, actor=actor, payload=payload,
+    )
+
+
+def encode_batch(envelopes: list[Envelope]) -> bytes:
+    return orjson.dumps([e.model_dump(mode="json") for e in envelopes])
+
+
+def decode_batch(body: bytes) -> list[Envelope]:
+    """Parse an AMQP body; a malformed body is a ServiceError(invalid), never a guess."""
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"message body is not JSON: {exc}") from None
+    if not isinstance(raw, list):
+        raise ServiceError(ErrorCode.BAD_REQUEST, "message body must be a JSON array of envelopes")
+    try:
+        return [Envelope.model_validate(item) for item in raw]
+    except ValidationError as exc:
+        raise ServiceError(ErrorCode.INVALID, f"bad envelope: {exc.errors()[0]['msg']}") from None
+
+
+def ok(result: Any) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def failed(error: ServiceError) -> dict[str, Any]:
+    return {"ok": False, "error": error.to_dict()}

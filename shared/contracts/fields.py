@@ -1,0 +1,65 @@
+"""Field types shared by the edge and by the services that own the data.
+
+Both validate: the gateway so a client gets the error at once, the owning service because it
+trusts nobody (SPEC: "validated at the edge, and again by the service that owns the data").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints
+
+USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
+MAX_BODY_CODE_POINTS = 4000
+MAX_PARTICIPANTS = 50
+
+Role = Literal["client", "reader", "admin"]
+ParticipantRole = Literal["owner", "member"]
+MessageKind = Literal["text", "voice", "image", "file"]
+
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+Seq = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+# C0 controls, DEL and C1 controls, except newline and tab.
+_FORBIDDEN_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def normalise_body(text: str) -> str:
+    """Trim surrounding white space, turn CRLF into LF; refuse control characters and lengths
+    outside 1..4000 code points. Bidirectional marks (category Cf) are allowed."""
+    text = text.replace("\r\n", "\n").strip()
+    if _FORBIDDEN_CONTROL.search(text):
+        raise ValueError("control characters other than newline and tab are not allowed")
+    if not text:
+        raise ValueError("message body is empty")
+    if len(text) > MAX_BODY_CODE_POINTS:
+        raise ValueError(f"message body is longer than {MAX_BODY_CODE_POINTS} characters")
+    return text
+
+
+def _client_msg_id(value: str) -> str:
+    if _FORBIDDEN_CONTROL.search(value) or value != value.strip():
+        raise ValueError("client_msg_id must be printable and not padded with white space")
+    return value
+
+
+def _title(value: str) -> str:
+    value = unicodedata.normalize("NFC", value).strip()
+    if _FORBIDDEN_CONTROL.search(value) or "\n" in value or "\t" in value:
+        raise ValueError("title must be a single line without control characters")
+    return value
+
+
+MessageBody = Annotated[str, AfterValidator(normalise_body)]
+ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=128),
+                        AfterValidator(_client_msg_id)]
+Title = Annotated[str, StringConstraints(max_length=200), AfterValidator(_title)]
+
+
+def rfc3339(moment) -> str:
+    """RFC 3339 in UTC with a ``Z``, microseconds kept (what Postgres stores)."""
+    from datetime import UTC
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,55 @@
+"""HTTP request bodies and query strings of the gateway API (SPEC "HTTP API")."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from .base import Contract
+from .fields import MAX_PARTICIPANTS, ClientMsgId, MessageBody, Seq, Title, UserId
+
+
+class CreateSessionBody(Contract):
+    TYPE = "http.create_session"
+    participant_ids: list[UserId] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
+    title: Title | None = None
+
+
+class SendMessageBody(Contract):
+    TYPE = "http.send_message"
+    client_msg_id: ClientMsgId
+    body: MessageBody
+
+
+class ListSessionsQuery(Contract):
+    TYPE = "http.list_sessions_query"
+    limit: int = Field(default=50, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class MessagesQuery(Contract):
+    TYPE = "http.messages_query"
+    before_seq: Seq | None = None
+    after_seq: Seq | None = None
+    limit: int = Field(default=50, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_direction(self):
+        if self.before_seq is not None and self.after_seq is not None:
+            raise ValueError("give before_seq or after_seq, not both")
+        return self
+
+
+class EventsQuery(Contract):
+    TYPE = "http.events_query"
+    after_seq: Seq = 0
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class ErrorBody(Contract):
+    TYPE = "http.error"
+    error: dict
+
+
+HTTP_BODIES: tuple[type[Contract], ...] = (
+    CreateSessionBody, SendMessageBody, ListSessionsQuery, MessagesQuery, EventsQuery, ErrorBody,
+)

@@ -1,0 +1,67 @@
+"""Postgres helpers every service with a database uses: create the database, apply migrations
+in order (``migrations/NNN_name.sql``, each once, under an advisory lock so replicas starting
+together do not race), and open a pool that speaks JSON as orjson."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+
+from .logging import get_logger
+
+log = get_logger(__name__)
+MIGRATION_LOCK = 0x63686174  # "chat"
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` if it does not exist (needs CREATEDB)."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    conn = await asyncpg.connect(admin_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            log.info("database_created", database=name)
+    except asyncpg.DuplicateDatabaseError:
+        pass
+    finally:
+        await conn.close()
+
+
+async def apply_migrations(url: str, directory: Path) -> list[str]:
+    """Apply every not-yet-applied ``*.sql`` file of ``directory`` in name order."""
+    conn = await asyncpg.connect(url)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        await conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+            name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())""")
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        for path in sorted(directory.glob("*.sql")):
+            if path.name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+            applied.append(path.name)
+            log.info("migration_applied", migration=path.name)
+    finally:
+        await conn.close()
+    return applied
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(typename, schema="pg_catalog",
+                                  encoder=lambda v: orjson.dumps(v).decode(),
+                                  decoder=orjson.loads, format="text")
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                     init=_init_connection, command_timeout=30)
