@@ -62,6 +62,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                                   decoder=orjson.loads, format="text")
 
 
+async def connect(url: str) -> asyncpg.Connection:
+    """A single connection with the same codecs as the pool's."""
+    conn = await asyncpg.connect(url)
+    await _init_connection(conn)
+    return conn
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                      init=_init_connection, command_timeout=30)

@@ -21,3 +21,18 @@ def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
         await main(stop)
 
     uvloop.run(runner())
+
+
+def watch(task: asyncio.Task, stop: asyncio.Event, name: str) -> asyncio.Task:
+    """A background task that dies stops the process (its supervisor restarts it) instead of
+    leaving a service that looks alive but does nothing."""
+    from .logging import get_logger
+
+    def done(t: asyncio.Task) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            get_logger(__name__).error("background_task_crashed", task=name,
+                                       error=repr(t.exception()))
+            stop.set()
+
+    task.add_done_callback(done)
+    return task

@@ -58,17 +58,19 @@ async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
 
     ops = await start_ops_server({"postgres": database_ready, "rabbitmq": broker_ready},
                                  settings.messaging_ops_host, settings.messaging_ops_port)
-    relay_task = asyncio.create_task(relay.run())
+    relay_task = service.watch(asyncio.create_task(relay.run()), stop, "outbox_relay")
     consumer = await broker.serve(command_queue("messaging"), handle,
                                   prefetch=settings.messaging_prefetch)
+    service.watch(consumer.task, stop, "command_consumer")
     log.info("messaging_started", ops_port=settings.messaging_ops_port)
     await stop.wait()
     log.info("messaging_stopping")
     await consumer.stop(settings.shutdown_grace_s)
-    relay.wake()
-    await asyncio.sleep(0)  # let the relay publish what the last batch committed
-    relay_task.cancel()
-    await asyncio.gather(relay_task, return_exceptions=True)
+    relay.stop()  # publish what the last batch committed, then stop
+    try:
+        await asyncio.wait_for(asyncio.shield(relay_task), settings.shutdown_grace_s)
+    except (TimeoutError, Exception):
+        relay_task.cancel()
     await ops.cleanup()
     await broker.close()
     await pool.close()

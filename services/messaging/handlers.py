@@ -95,7 +95,7 @@ async def send_messages(conn, writes: list[Write], results: list, now: datetime)
             results[w.index] = exc
             continue
         if isinstance(decision, domain.StoredMessage):
-            results[w.index] = decision.view
+            results[w.index] = {"message": decision.view, "created": False}
             continue
         message = decision["message"]
         state.last_seq = decision["seq"]
@@ -104,7 +104,7 @@ async def send_messages(conn, writes: list[Write], results: list, now: datetime)
         events.append(_event(w, w.command.session_id, decision["seq"], "message_sent",
                              decision, now))
         messages.append(message)
-        results[w.index] = message
+        results[w.index] = {"message": message, "created": True}
     await store.insert_messages(conn, messages)
     return events
 

@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 
 from shared.broker import Broker
+from shared.db import connect
 from shared.contracts.errors import ServiceError
 from shared.contracts.fields import rfc3339
 from shared.logging import get_logger
@@ -35,14 +36,19 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.idle_poll_s = idle_poll_s
         self._wakeup = asyncio.Event()
+        self._stopping = False
         self.published_position = 0
 
     def wake(self) -> None:
         self._wakeup.set()
 
+    def stop(self) -> None:
+        """Publish what is committed, then return from ``run``."""
+        self._stopping = True
+        self._wakeup.set()
+
     async def run(self) -> None:
-        body = orjson.dumps(envelopes)
-        while True:
+        while not self._stopping:
             try:
                 await self._run_while_connected()
             except asyncio.CancelledError:
@@ -52,7 +58,7 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
 
     async def _run_while_connected(self) -> None:
-        conn = await asyncpg.connect(self.database_url)
+        conn = await connect(self.database_url)
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 await asyncio.sleep(2.0)  # another replica relays; stand by
@@ -60,6 +66,8 @@ class OutboxRelay:
             await conn.add_listener("events_appended", lambda *_: self.wake())
             while True:
                 published = await self._publish_once(conn)
+                if self._stopping and published < self.batch_size:
+                    return
                 if published < self.batch_size:
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), self.idle_poll_s)
@@ -85,6 +93,7 @@ class OutboxRelay:
             key = session_key(row["stream_id"], row["type"])
             if key not in keys:
                 keys.append(key)
+        body = orjson.dumps(envelopes)
         while True:
             try:
                 await self.broker.publish(EVENTS, keys, body, message_type="events")

@@ -1,0 +1,1 @@
+"""Deployment: the local launcher (deploy/local), the container image, compose, Kubernetes."""

@@ -1,0 +1,156 @@
+"""Fan-out: which connections of this gateway see which session's events.
+
+This instance has one exclusive queue, ``gateway.<instance>``. It is bound to
+``session.<id>.#`` while at least one of its connections has joined that session, and unbound
+when the last leaves. An AMQP message is a batch of event envelopes (possibly of many sessions);
+each event is turned into its frame once and queued on every joined connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from shared.broker import Broker
+from shared.contracts.errors import ServiceError
+from shared.contracts.frames import frame_from_event
+from shared.logging import get_logger
+from shared.topology import EVENTS, session_binding
+
+from .connection import Connection, SessionView
+
+log = get_logger(__name__)
+
+# fetch_events(connection, session_id, after_seq) -> (frames, has_more)
+FetchEvents = Callable[[Connection, str, int], Awaitable[tuple[list[dict], bool]]]
+
+
+class Hub:
+    def __init__(self, broker: Broker, instance_id: str):
+        self.broker = broker
+        self.queue_name = f"gateway.{instance_id}"
+        self.queue: AbstractQueue | None = None
+        self.connections: set[Connection] = set()
+        self.joined: dict[str, set[Connection]] = defaultdict(set)
+        self._bound: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.fetch_events: FetchEvents | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, fetch_events: FetchEvents) -> None:
+        self.fetch_events = fetch_events
+        self.queue = await self.broker.declare_exclusive(self.queue_name)
+        await self.broker.consume_raw(self.queue, self.on_events)
+        self.broker.connection.reconnect_callbacks.add(self._on_reconnect)
+
+    # ---- membership of this instance ------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
+    async def remove(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        for session_id in list(conn.sessions):
+            await self.leave(conn, session_id)
+
+    async def join(self, conn: Connection, session_id: str) -> None:
+        """Register the connection (its view starts in backlog mode) and make sure the queue
+        is bound before the caller fetches the backlog, so nothing falls between the two."""
+        conn.sessions[session_id] = conn.sessions.get(session_id) or SessionView()
+        self.joined[session_id].add(conn)
+        async with self._lock(session_id):
+            if session_id not in self._bound:
+                await self.queue.bind(self.broker.exchanges[EVENTS], session_binding(session_id))
+                self._bound.add(session_id)
+
+    async def leave(self, conn: Connection, session_id: str) -> None:
+        conn.sessions.pop(session_id, None)
+        members = self.joined.get(session_id)
+        if members is not None:
+            members.discard(conn)
+        async with self._lock(session_id):
+            if not self.joined.get(session_id) and session_id in self._bound:
+                self.joined.pop(session_id, None)
+                self._bound.discard(session_id)
+                try:
+                    await self.queue.unbind(self.broker.exchanges[EVENTS],
+                                            session_binding(session_id))
+                except Exception as exc:  # events for it are ignored anyway
+                    log.warning("unbind_failed", session_id=session_id, error=repr(exc))
+            if session_id not in self._bound:
+                self._locks.pop(session_id, None)
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
+
+    # ---- events in ------------------------------------------------------------------------
+
+    async def on_events(self, message: AbstractIncomingMessage) -> None:
+        try:
+            envelopes = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            log.error("malformed_event_message")
+            return
+        for envelope in envelopes:
+            payload = envelope.get("payload") or {}
+            session_id = payload.get("session_id")
+            members = self.joined.get(session_id) if session_id else None
+            if not members:
+                continue
+            frame = frame_from_event(envelope.get("type", ""), payload)
+            if frame is None:
+                continue
+            text = orjson.dumps(frame).decode()
+            for conn in tuple(members):
+                conn.deliver(session_id, frame, text)
+
+    # ---- catching up after a gap ----------------------------------------------------------
+
+    def on_gap(self, conn: Connection, session_id: str) -> None:
+        self._spawn(self.catch_up(conn, session_id))
+
+    async def catch_up(self, conn: Connection, session_id: str) -> None:
+        """Fetch from the store everything after what the connection was last sent, then
+        release the live events held meanwhile."""
+        view = conn.sessions.get(session_id)
+        if view is None:
+            return
+        if view.pending is None:
+            view.pending = []
+        try:
+            while not conn.closed and session_id in conn.sessions:
+                frames, has_more = await self.fetch_events(conn, session_id, view.last_seq)
+                conn.send_backlog(session_id, frames)
+                if not has_more:
+                    break
+        except ServiceError as exc:
+            # The store is unreachable: the client must resume by itself.
+            log.warning("catch_up_failed", connection_id=conn.id, error=exc.message)
+            conn.close(1011, "please reconnect")
+            return
+        conn.go_live(session_id)
+
+    def _on_reconnect(self, *_args) -> None:
+        """The broker connection came back: events published meanwhile never reached our
+        (re-created) queue. Catch every joined connection up from the store."""
+        log.info("broker_reconnected_catching_up", connections=len(self.connections))
+        for conn in tuple(self.connections):
+            for session_id in tuple(conn.sessions):
+                self._spawn(self.catch_up(conn, session_id))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in tuple(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,197 @@
+"""``GET /ws``: one shape for every connection: authenticate, check Origin, prepare, register,
+read frames, deregister in ``finally``.
+
+Each client frame is handled in its own task so a slow request never stalls the socket; tasks
+start in arrival order, so one connection's sends reach messaging in the order they were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import ValidationError
+
+from shared.contracts.commands import GetEvents, JoinSession, SendMessage
+from shared.contracts.errors import ErrorCode, ServiceError
+from shared.contracts.frames import (
+    ClientFrame,
+    JoinSessionFrame,
+    LeaveSessionFrame,
+    PingFrame,
+    SendMessageFrame,
+    error_frame,
+)
+from shared.contracts.registry import CLIENT_FRAMES_BY_TYPE, first_error
+from shared.logging import get_logger
+
+from . import rpc
+from .appkeys import AUTH, BROKER, HUB, RATE_MESSAGES, SETTINGS
+from .connection import Connection
+from .hub import Hub
+from .ratelimit import TokenBucket
+
+log = get_logger(__name__)
+MAX_TASKS_PER_CONNECTION = 64
+
+
+class Context:
+    """What a frame handler may use."""
+
+    def __init__(self, app: web.Application, conn: Connection):
+        self.app = app
+        self.conn = conn
+        self.broker = app[BROKER]
+        self.hub: Hub = app[HUB]
+
+    async def call(self, command):
+        return await rpc.call(self.broker, command, self.conn.principal, uuid.uuid4().hex)
+
+
+# ---- frame handlers --------------------------------------------------------------------------
+
+async def join_session(frame: JoinSessionFrame, ctx: Context) -> None:
+    session_id = str(frame.session_id)
+    conn, hub = ctx.conn, ctx.hub
+    await hub.join(conn, session_id)
+    try:
+        state = await ctx.call(JoinSession(session_id=frame.session_id,
+                                           after_seq=frame.after_seq))
+    except ServiceError:
+        await hub.leave(conn, session_id)
+        raise
+    view = conn.sessions.get(session_id)
+    if view is None:  # left meanwhile
+        return
+    view.last_seq = frame.after_seq if frame.after_seq is not None else state["last_seq"]
+    conn.send({"type": "ack", "ref": frame.ref, "session_id": session_id})
+    conn.send({
+        "type": "joined", "session_id": session_id, "last_seq": state["last_seq"],
+        "participants": state["participants"], "online_users": [conn.user_id],
+        "receipts": state["receipts"], "typing": [],
+        "backlog_truncated": state["backlog_truncated"],
+    })
+    conn.send_backlog(session_id, state["backlog"])
+    if state["backlog_truncated"]:
+        # The client pages the rest from /events; live events continue from here on.
+        view.last_seq = max(view.last_seq, state["last_seq"])
+    conn.go_live(session_id)
+
+
+async def leave_session(frame: LeaveSessionFrame, ctx: Context) -> None:
+    await ctx.hub.leave(ctx.conn, str(frame.session_id))
+    ctx.conn.send({"type": "ack", "ref": frame.ref, "session_id": str(frame.session_id)})
+
+
+async def send_message(frame: SendMessageFrame, ctx: Context) -> None:
+    wait = ctx.app[RATE_MESSAGES].take(ctx.conn.user_id)
+    if wait:
+        raise ServiceError(ErrorCode.RATE_LIMITED, "too many messages", retry_after=wait)
+    result = await ctx.call(SendMessage(session_id=frame.session_id, message_id=uuid.uuid4(),
+                                        client_msg_id=frame.client_msg_id, body=frame.body))
+    ctx.conn.send({"type": "ack", "ref": frame.ref, "message": result["message"]})
+
+
+async def ping(frame: PingFrame, ctx: Context) -> None:
+    ctx.conn.send({"type": "pong", "ref": frame.ref})
+
+
+FRAME_HANDLERS: dict[type[ClientFrame], Callable[[ClientFrame, Context], Awaitable[None]]] = {
+    JoinSessionFrame: join_session,
+    LeaveSessionFrame: leave_session,
+    SendMessageFrame: send_message,
+    PingFrame: ping,
+}
+
+
+# ---- the connection --------------------------------------------------------------------------
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in settings.allowed_origins:
+        log.info("ws_origin_refused", origin=origin)
+        raise ServiceError(ErrorCode.FORBIDDEN, "origin not allowed")
+    principal = await app[AUTH].from_request(request, allow_query=True)
+
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s,
+                               max_msg_size=settings.ws_max_frame_bytes, compress=False)
+    await ws.prepare(request)
+    hub: Hub = app[HUB]
+    conn = Connection(ws, principal, settings.ws_send_queue_limit, hub.on_gap)
+    ctx = Context(app, conn)
+    frames = TokenBucket(settings.rate_frames_per_s, settings.rate_frames_burst)
+    tasks: set[asyncio.Task] = set()
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, principal.expires_at - time.time()), conn.close,
+        WSCloseCode.POLICY_VIOLATION, "token expired")
+    hub.add(conn)
+    log.info("ws_connected", connection_id=conn.id, user_id=conn.user_id)
+    conn.send({"type": "hello", "user_id": conn.user_id, "connection_id": conn.id})
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                if msg.type == WSMsgType.BINARY:
+                    conn.send(error_frame(None, "bad_request", "frames must be JSON text"))
+                continue
+            if frames.take():
+                log.warning("ws_flood_closed", connection_id=conn.id, user_id=conn.user_id)
+                conn.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                break
+            while len(tasks) >= MAX_TASKS_PER_CONNECTION:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.create_task(handle_frame(msg.data, ctx))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        expiry.cancel()
+        for task in tasks:
+            task.cancel()
+        await hub.remove(conn)
+        await conn.finish()
+        if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+            log.warning("ws_frame_too_big", connection_id=conn.id, user_id=conn.user_id)
+        log.info("ws_disconnected", connection_id=conn.id, user_id=conn.user_id,
+                 code=ws.close_code)
+    return ws
+
+
+async def handle_frame(data: str, ctx: Context) -> None:
+    ref = None
+    try:
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ServiceError(ErrorCode.BAD_REQUEST, "frame is not valid JSON") from None
+        if not isinstance(raw, dict):
+            raise ServiceError(ErrorCode.BAD_REQUEST, "frame must be a JSON object")
+        ref = raw.get("ref") if isinstance(raw.get("ref"), str) else None
+        cls = CLIENT_FRAMES_BY_TYPE.get(raw.get("type"))
+        if cls is None or cls not in FRAME_HANDLERS:
+            raise ServiceError(ErrorCode.INVALID, f"unknown frame type {raw.get('type')!r}")
+        try:
+            frame = cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ServiceError(ErrorCode.INVALID, first_error(exc)) from None
+        await FRAME_HANDLERS[cls](frame, ctx)
+    except ServiceError as exc:
+        log.info("ws_frame_refused", connection_id=ctx.conn.id, user_id=ctx.conn.user_id,
+                 code=exc.code.value, reason=exc.message)
+        ctx.conn.send(error_frame(ref, exc.code.value, exc.message, exc.retry_after))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("ws_frame_failed", connection_id=ctx.conn.id)
+        ctx.conn.send(error_frame(ref, "unavailable", "internal error, try again", 1.0))
+
+
+async def fetch_events(app: web.Application, conn: Connection, session_id: str, after_seq: int
+                       ) -> tuple[list[dict], bool]:
+    result = await rpc.call(app[BROKER], GetEvents(session_id=session_id, after_seq=after_seq,
+                                                   limit=1000), conn.principal, None)
+    return result["events"], result["has_more"]
