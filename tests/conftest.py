@@ -1,0 +1,77 @@
+"""Fixtures shared by every test layer. See ``support/backends.py`` for where the servers come
+from (testcontainers when a Docker engine answers, else the local ones)."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import ExitStack
+
+import aiohttp
+import pytest
+
+from .support.backends import (
+    Backends,
+    create_vhost,
+    delete_vhost,
+    docker_available,
+    drop_databases_sync,
+    local_servers,
+    start_containers,
+)
+from .support.client import Api
+from .support.stack import Stack
+
+_STACKS: list[Stack] = []
+
+
+@pytest.fixture(scope="session")
+def backends():
+    with ExitStack() as stack:
+        found: Backends = start_containers(stack) if docker_available() else local_servers()
+        create_vhost(found)
+        try:
+            yield found
+        finally:
+            drop_databases_sync(found)
+            delete_vhost(found)
+
+
+@pytest.fixture(scope="session")
+async def stack(backends, tmp_path_factory):
+    """messaging + gateway as real processes, shared by the end-to-end tests."""
+    running = Stack(backends, tmp_path_factory.mktemp("stack"))
+    _STACKS.append(running)
+    try:
+        await running.start_messaging()
+        await running.start_gateway()
+        yield running
+    finally:
+        await running.stop()
+        _STACKS.remove(running)
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def user():
+    """A fresh user id per call, so tests never share state."""
+    return lambda name="u": f"{name}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def api(stack, http):
+    """``api(user_id, role)`` -> an authenticated HTTP client for that user."""
+    return lambda user_id, role="client": Api(http, stack.url, stack.token(user_id, role))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _STACKS:
+        for running in _STACKS:
+            report.sections.append(("service logs", running.logs()))
