@@ -145,8 +145,13 @@ class Broker:
 
     async def publish(self, exchange: str, routing_keys: list[str], body: bytes, *,
                       message_type: str | None = None, reply_to: str | None = None,
-                      correlation_id: str | None = None, persistent: bool = True) -> None:
+                      correlation_id: str | None = None, persistent: bool = True,
+                      mandatory: bool = True) -> None:
         """Publish one AMQP message and wait for the broker's confirm.
+
+        ``mandatory``: an unroutable message is an error (a command nobody consumes). Events
+        are published with ``mandatory=False``: an event nobody subscribes to is not a failure,
+        the event store keeps it.
 
         ``routing_keys[0]`` is the routing key; the rest go in ``BCC`` so that the message
         reaches each queue bound to any of them exactly once.
@@ -169,7 +174,7 @@ class Broker:
             if self._channel is None or self._channel.is_closed:
                 raise ConnectionError("broker channel is closed")
             await self.exchanges[exchange].publish(
-                message, routing_keys[0], mandatory=True,
+                message, routing_keys[0], mandatory=mandatory,
                 timeout=self.settings.publish_timeout_s)
         except Exception as exc:
             BROKER_PUBLISH_FAILURES.labels(exchange).inc()

@@ -96,7 +96,8 @@ class OutboxRelay:
         body = orjson.dumps(envelopes)
         while True:
             try:
-                await self.broker.publish(EVENTS, keys, body, message_type="events")
+                await self.broker.publish(EVENTS, keys, body, message_type="events",
+                                          mandatory=False)
                 break
             except ServiceError:
                 await asyncio.sleep(0.5)  # broker away: keep the events, try again

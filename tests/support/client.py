@@ -52,7 +52,8 @@ class Ws:
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse):
         self.ws = ws
-        self.received: list[dict] = []
+        self.received: list[dict] = []  # every frame, in arrival order
+        self._unmatched: list[dict] = []  # frames no ``until`` has returned yet
         self.hello: dict | None = None
 
     @classmethod
@@ -75,13 +76,19 @@ class Ws:
         return frame
 
     async def until(self, predicate, timeout: float = 10.0) -> dict:
-        """Read frames until one matches (the others stay in ``received``)."""
+        """The first frame not yet returned by ``until`` that matches, reading more as needed
+        (frames skipped on the way stay available to later calls)."""
+        for index, frame in enumerate(self._unmatched):
+            if predicate(frame):
+                del self._unmatched[index]
+                return frame
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             frame = await self.next(max(0.01, deadline - loop.time()))
             if predicate(frame):
                 return frame
+            self._unmatched.append(frame)
 
     async def request(self, frame: dict, timeout: float = 10.0) -> dict:
         """Send a frame with a fresh ref and return its ack or error."""

@@ -1,0 +1,414 @@
+"""The load generator: many chat users over real WebSockets, in one process of its own.
+
+``python -m tests.load.loadgen --url http://127.0.0.1:PORT ...`` (the JWT secret comes from
+``CHAT_JWT_SECRET``; ``tests.load.bench`` starts the stack and runs this for you).
+
+1. Splits the connections into sessions of 2 or 3 users (each connection a distinct user) and
+   creates them over HTTP (the first user creates it, naming the others).
+2. Opens one WebSocket per user (at most ``--open-concurrency`` handshakes at a time), waits for
+   ``hello``, joins the user's session and waits for the ack and ``joined``.
+3. Sends ``send_message`` frames at a fixed aggregate rate, spread evenly over every user, for
+   warm-up + duration seconds. The schedule is open loop: send k is due at ``t0 + k/rate``
+   whatever happened to earlier sends; one scheduler coroutine writes every frame that is due.
+4. Waits (at most ``--drain`` s) for the acks and deliveries still owed, then closes.
+
+Every frame is recorded by ``tally.Tally`` (read it for what is checked and measured). The
+result is one JSON object on stdout, or in ``--result``. With ``--control`` the process also
+prints one JSON line per phase on stdout and, once every connection has joined, waits for a line
+on stdin before it sends: the orchestrator measures the gateway's memory at that point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+
+import aiohttp
+import orjson
+import uvloop
+
+from services.gateway.auth import mint_token
+
+from .procstat import raise_fd_limit
+from .tally import NS, Peer, Tally, percentiles_ms
+
+now_ns = time.monotonic_ns
+
+
+def log(text: str) -> None:
+    print(f"[loadgen] {text}", file=sys.stderr, flush=True)
+
+
+def group_sizes(connections: int, participants: int | None) -> list[int]:
+    """Session sizes adding up to ``connections``: all ``participants`` (2 or 3) where the count
+    allows, else a few of the other size; ``None`` mixes 2 and 3 about equally."""
+    if connections < 2:
+        raise ValueError("at least 2 connections are needed")
+    if participants == 2:
+        threes, twos = connections % 2, connections // 2 - (connections % 2)
+    elif participants == 3:
+        threes, rest = divmod(connections, 3)
+        twos = {0: 0, 1: 2, 2: 1}[rest]
+        threes -= 1 if rest == 1 else 0
+    else:
+        base, rest = divmod(connections, 5)
+        threes, twos = {0: (base, base), 1: (base - 1, base + 2), 2: (base, base + 1),
+                        3: (base + 1, base), 4: (base, base + 2)}[rest]
+    sizes = []
+    while twos or threes:  # interleave so both sizes are spread over the connection range
+        if twos:
+            sizes.append(2)
+            twos -= 1
+        if threes:
+            sizes.append(3)
+            threes -= 1
+    assert sum(sizes) == connections, (sizes, connections)
+    return sizes
+
+
+class Phases:
+    """``--control``: phase lines on stdout for the orchestrator, and a wait for its go."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def mark(self, name: str, **extra) -> None:
+        if self.enabled:
+            line = orjson.dumps({"event": "phase", "name": name, "t": time.time(), **extra})
+            sys.stdout.buffer.write(line + b"\n")
+            sys.stdout.flush()
+
+    async def wait_go(self) -> None:
+        if self.enabled:
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+class Client:
+    """One user's WebSocket. ``reader`` turns every frame into a ``Tally`` event."""
+
+    __slots__ = ("peer", "token", "session_id", "ws", "hello", "joined", "closed", "tally",
+                 "reader_task")
+
+    def __init__(self, peer: Peer, token: str, tally: Tally):
+        self.peer = peer
+        self.token = token
+        self.session_id = ""
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        loop = asyncio.get_running_loop()
+        self.hello = loop.create_future()
+        self.joined = loop.create_future()
+        for fut in (self.hello, self.joined):  # a failure nobody awaits any more is fine
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.closed = False
+        self.tally = tally
+        self.reader_task: asyncio.Task | None = None
+
+    async def open(self, http: aiohttp.ClientSession, ws_url: str, limit_s: float) -> None:
+        """Handshake, ``hello``, ``join_session``, its ack and ``joined``, within ``limit_s``."""
+        async with asyncio.timeout(limit_s):
+            self.ws = await http.ws_connect(
+                ws_url, headers={"Authorization": f"Bearer {self.token}"}, autoping=True,
+                heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5))
+            self.reader_task = asyncio.create_task(self.reader())
+            await asyncio.shield(self.hello)
+            await self.ws.send_str(orjson.dumps({"type": "join_session", "ref": "join",
+                                                 "session_id": self.session_id}).decode())
+            await asyncio.shield(self.joined)
+
+    async def reader(self) -> None:
+        ws, tally, peer = self.ws, self.tally, self.peer
+        text_type = aiohttp.WSMsgType.TEXT
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg.type is not text_type:
+                    break
+                frame = orjson.loads(msg.data)
+                kind = frame.get("type")
+                if kind == "new_message":
+                    now = now_ns()
+                    body = frame["message"]["body"]
+                    sent = int(body[2:body.index(" ", 2)])
+                    tally.message(peer, frame["seq"], int(frame["message"]["client_msg_id"]),
+                                  sent, now)
+                elif kind == "ack":
+                    ref = frame.get("ref")
+                    if ref == "join":
+                        continue  # ``joined`` follows
+                    tally.ack(int(ref), now_ns())
+                elif kind == "error":
+                    ref = frame.get("ref")
+                    k = int(ref) if ref and ref.isdigit() else None
+                    tally.error(frame.get("code", "?"), frame, k)
+                    if ref == "join" and not self.joined.done():
+                        self.joined.set_exception(RuntimeError(f"join refused: {frame}"))
+                else:
+                    tally.frames[kind] += 1
+                    if kind == "joined":
+                        peer.last_seq = frame["last_seq"]
+                        if not self.joined.done():
+                            self.joined.set_result(None)
+                    elif kind == "hello" and not self.hello.done():
+                        self.hello.set_result(None)
+        except Exception as exc:  # a malformed frame is a finding, not a crash of the run
+            tally.error("client_exception", {"error": repr(exc)})
+        finally:
+            self.closed = True
+            if ws.close_code not in (None, 1000) or not ws.closed:
+                tally.error(f"closed:{ws.close_code}", {"user": peer.user_id,
+                                                        "close_code": ws.close_code})
+            for fut in (self.hello, self.joined):
+                if not fut.done():
+                    fut.set_exception(ConnectionError(f"socket closed ({ws.close_code})"))
+
+
+# ---- phases ------------------------------------------------------------------------------------
+
+async def create_sessions(http: aiohttp.ClientSession, url: str, clients: list[Client],
+                          members: list[list[int]], concurrency: int, tally: Tally
+                          ) -> list[bool]:
+    """One HTTP POST per session by its first member; returns which sessions exist."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def create(group: list[int]) -> bool:
+        owner = clients[group[0]]
+        body = {"participant_ids": [clients[i].peer.user_id for i in group[1:]],
+                "title": "bench"}
+        async with gate:
+            for attempt in range(5):
+                try:
+                    async with http.post(f"{url}/api/chat/sessions", data=orjson.dumps(body),
+                                         headers={"Authorization": f"Bearer {owner.token}",
+                                                  "Content-Type": "application/json"}) as resp:
+                        raw = await resp.read()
+                        if resp.status == 201:
+                            session_id = orjson.loads(raw)["id"]
+                            for i in group:
+                                clients[i].session_id = session_id
+                            return True
+                        code = f"create_session:{resp.status}"
+                        detail = {"status": resp.status, "body": raw[:300].decode(errors="replace")}
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    code, detail = "create_session:exception", {"error": repr(exc)}
+                tally.error(code, detail)
+                if code not in ("create_session:503", "create_session:429",
+                                "create_session:exception"):
+                    return False
+                await asyncio.sleep(0.5 * (attempt + 1))
+            return False
+
+    return list(await asyncio.gather(*(create(g) for g in members)))
+
+
+async def open_all(http: aiohttp.ClientSession, ws_url: str, clients: list[Client],
+                   concurrency: int, tally: Tally) -> list[int]:
+    """Open and join every connection; returns the join latencies (ns) of those that made it."""
+    gate = asyncio.Semaphore(concurrency)
+    took: list[int] = []
+
+    async def one(client: Client) -> None:
+        async with gate:
+            started = now_ns()
+            try:
+                await client.open(http, ws_url, limit_s=30)
+                took.append(now_ns() - started)
+            except Exception as exc:
+                client.closed = True
+                tally.error(f"connect:{type(exc).__name__}",
+                            {"user": client.peer.user_id, "error": repr(exc)[:300]})
+
+    await asyncio.gather(*(one(c) for c in clients if c.session_id))
+    return took
+
+
+async def send_all(clients: list[Client], tally: Tally, rate: float, warmup: float,
+                   duration: float, phases: Phases) -> float:
+    """The open-loop schedule: send k is due at ``t0 + k / rate``; ``tally.sender[k]`` sends
+    it. Returns t0 (ns)."""
+    total, interval = len(tally.sender), NS / rate
+    t0 = now_ns() + NS // 5
+    tally.window_start = t0 + int(warmup * NS)
+    tally.window_end = tally.window_start + int(duration * NS)
+    marks = [(tally.window_start, "window_start"), (tally.window_end, "window_end")]
+    sessions = [c.session_id for c in clients]
+    sender, send_ns, lag = tally.sender, tally.send_ns, tally.send_lag
+    phases.mark("sending", total=total)
+    k = 0
+    while k < total:
+        now = now_ns()
+        while marks and marks[0][0] <= now:
+            phases.mark(marks.pop(0)[1])
+        due = min(total, int((now - t0) / interval) + 1) if now >= t0 else 0
+        while k < due:
+            client = clients[sender[k]]
+            if client.closed:
+                tally.error("send_on_closed")
+            else:
+                at = now_ns()
+                lag.append(at - (t0 + int(k * interval)))
+                send_ns[k] = at
+                tally.sent += 1
+                try:
+                    await client.ws.send_str(
+                        f'{{"type":"send_message","session_id":"{sessions[sender[k]]}",'
+                        f'"client_msg_id":"{k}","body":"t={at} c={k}","ref":"{k}"}}')
+                except (ConnectionError, RuntimeError) as exc:
+                    tally.error("send_failed", {"error": repr(exc)[:200]}, k)
+            k += 1
+        await asyncio.sleep(max(0.0, (t0 + k * interval - now_ns()) / NS))
+    while marks:  # the window ends after the last send is due
+        await asyncio.sleep(max(0.0, (marks[0][0] - now_ns()) / NS))
+        phases.mark(marks.pop(0)[1])
+    return t0
+
+
+async def drain(tally: Tally, limit_s: float) -> float:
+    """Wait until nothing more is owed, at most ``limit_s``; returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        if not tally.outstanding():
+            break
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def close_all(clients: list[Client], concurrency: int) -> None:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(client: Client) -> None:
+        if client.ws is None:
+            return
+        client.closed = True
+        async with gate:
+            try:
+                await asyncio.wait_for(client.ws.close(), 5)
+            except Exception:
+                pass
+        if client.reader_task is not None:
+            client.reader_task.cancel()
+
+    await asyncio.gather(*(one(c) for c in clients))
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+async def run(args: argparse.Namespace) -> dict:
+    secret = os.environ.get("CHAT_JWT_SECRET")
+    if not secret:
+        raise SystemExit("CHAT_JWT_SECRET must hold the gateway's JWT secret")
+    phases = Phases(args.control)
+    url = args.url.rstrip("/")
+    ws_url = url.replace("http", "ws", 1) + "/ws"
+    run_id = args.run_id or uuid.uuid4().hex[:8]
+
+    sizes = group_sizes(args.connections, args.participants)
+    peers, members = [], []
+    for session, size in enumerate(sizes):
+        members.append(list(range(len(peers), len(peers) + size)))
+        peers.extend(Peer(len(peers), f"bench-{run_id}-{len(peers) + i}", session)
+                     for i in range(size))
+    tally = Tally(peers, members)
+    clients = [Client(p, mint_token(secret, p.user_id, "client", ttl_s=3600 * 3), tally)
+               for p in peers]
+    result: dict = {"config": {
+        "connections": args.connections, "sessions": len(sizes),
+        "sessions_of_2": sizes.count(2), "sessions_of_3": sizes.count(3),
+        "rate": args.rate, "duration_s": args.duration, "warmup_s": args.warmup,
+        "idle": args.idle, "url": url, "run_id": run_id}}
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        t = time.monotonic()
+        created = await create_sessions(http, url, clients, members, args.open_concurrency // 2
+                                        or 1, tally)
+        result["setup"] = {"sessions_created": sum(created),
+                           "sessions_s": round(time.monotonic() - t, 2)}
+        phases.mark("sessions", created=sum(created))
+
+        t = time.monotonic()
+        join_ns = await open_all(http, ws_url, clients, args.open_concurrency, tally)
+        open_s = time.monotonic() - t
+        result["setup"] |= {"connected": len(join_ns), "connect_s": round(open_s, 2),
+                            "connects_per_s": round(len(join_ns) / open_s, 1) if open_s else 0,
+                            "join_ms": percentiles_ms(join_ns)}
+        log(f"{len(join_ns)}/{len(clients)} connections joined in {open_s:.1f}s")
+        phases.mark("connected", connected=len(join_ns))
+        await phases.wait_go()
+
+        if not args.idle:
+            # Sessions with a member missing take no part: their deliveries could not all land.
+            complete = [s for s, group in enumerate(members)
+                        if all(not clients[i].closed for i in group)]
+            senders = [i for s in complete for i in members[s]]
+            senders.sort()
+            total = int(args.rate * (args.warmup + args.duration))
+            tally.plan([senders[k % len(senders)] for k in range(total)] if senders else [])
+            result["config"]["senders"] = len(senders)
+            result["config"]["per_sender_rate"] = round(args.rate / max(1, len(senders)), 3)
+            if senders:
+                await send_all(clients, tally, args.rate, args.warmup, args.duration, phases)
+                log(f"sent {tally.sent}; draining")
+                result["drain_s"] = round(await drain(tally, args.drain), 2)
+                phases.mark("drained")
+        await close_all(clients, args.open_concurrency)
+    phases.mark("closed")
+    result |= tally.report(args.duration if not args.idle else 0)
+    result["ok"] = _ok(result, args)
+    return result
+
+
+def _ok(result: dict, args: argparse.Namespace) -> bool:
+    failed_setup = (result["setup"]["connected"] != args.connections
+                    or result["setup"]["sessions_created"] != result["config"]["sessions"])
+    if args.idle:
+        return not failed_setup and not result["errors_by_code"]
+    return (not failed_setup and result["acked"] == result["sent"] > 0
+            and not result["errors_by_code"] and result["missing"] == 0
+            and result["duplicates"] == 0 and result["out_of_order"] == 0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.load.loadgen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True, help="the gateway, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=5000.0, help="messages/s in total")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds sent, not measured")
+    parser.add_argument("--participants", type=int, choices=[2, 3], default=None,
+                        help="users per session (default: a mix of 2 and 3)")
+    parser.add_argument("--idle", action="store_true", help="connect and join, send nothing")
+    parser.add_argument("--drain", type=float, default=10.0,
+                        help="seconds to wait for owed acks and deliveries after the last send")
+    parser.add_argument("--open-concurrency", type=int, default=100)
+    parser.add_argument("--run-id", default="", help="part of every user id (default: random)")
+    parser.add_argument("--control", action="store_true",
+                        help="phase lines on stdout; wait for a stdin line before sending")
+    parser.add_argument("--result", default="", help="write the result JSON here, not stdout")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.duration <= 0 or args.warmup < 0:
+        parser.error("--rate and --duration must be positive, --warmup not negative")
+    if not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        parser.error("the load generator only talks to a loopback address")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    raise_fd_limit()
+    result = uvloop.run(run(args))
+    data = orjson.dumps(result, option=orjson.OPT_INDENT_2)
+    if args.result:
+        with open(args.result, "wb") as out:
+            out.write(data)
+    else:
+        sys.stdout.buffer.write(data + b"\n")
+    sys.exit(0 if result["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Readings from ``/proc`` (Linux): resident memory and CPU time of a process, CPU time of the
+machine. The bench samples them at each phase of a run to tell memory per connection and which
+process used the CPU while the load ran."""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """``VmRSS`` (resident now) and ``VmHWM`` (peak resident) of a process, in KiB."""
+    found: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0])
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name may hold spaces; the fields we need follow its closing ')'.
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass
+class MachineCpu:
+    busy_s: float
+    total_s: float
+
+
+def machine_cpu() -> MachineCpu:
+    """CPU time of all cores together since boot, busy (not idle or iowait) and in total."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    total = sum(ticks[:8])
+    return MachineCpu((total - idle) / CLOCK_TICKS, total / CLOCK_TICKS)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

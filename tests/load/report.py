@@ -1,0 +1,63 @@
+"""The human-readable summary of a bench report (the JSON holds everything)."""
+
+from __future__ import annotations
+
+
+def _ms(latency: dict) -> str:
+    if not latency or not latency.get("count"):
+        return "n/a"
+    return (f"p50 {latency['p50']} ms  p95 {latency['p95']} ms  p99 {latency['p99']} ms  "
+            f"max {latency['max']} ms  ({latency['count']} samples)")
+
+
+def render(report: dict) -> str:
+    lg = report.get("loadgen", {})
+    cfg, setup = lg.get("config", {}), lg.get("setup", {})
+    lines = ["", "=== chat bench " + ("(idle connections)" if cfg.get("idle") else "") + "=" * 20]
+    lines.append(f"connections {cfg.get('connections')} in {cfg.get('sessions')} sessions "
+                 f"({cfg.get('sessions_of_2')} of 2, {cfg.get('sessions_of_3')} of 3); "
+                 f"joined {setup.get('connected')} in {setup.get('connect_s')} s "
+                 f"({setup.get('connects_per_s')}/s; join {_ms(setup.get('join_ms', {}))})")
+    if not cfg.get("idle"):
+        lines.append(f"offered {cfg.get('rate')} msg/s for {cfg.get('warmup_s')} s warm-up + "
+                     f"{cfg.get('duration_s')} s measured, {cfg.get('per_sender_rate')} msg/s "
+                     f"per user; gateway overrides: {report.get('gateway_overrides') or 'none'}")
+        lines.append(f"sent {lg.get('sent')}  acked {lg.get('acked')}  failed "
+                     f"{lg.get('failed')}  unanswered {lg.get('unanswered')}  "
+                     f"(drain {lg.get('drain_s')} s)")
+        lines.append(f"throughput {lg.get('throughput_msgs_per_s')} msg/s acked, "
+                     f"{lg.get('deliveries_per_s')} deliveries/s to other participants")
+        lines.append(f"latency   {_ms(lg.get('latency_ms', {}))}")
+        lines.append(f"send lag  {_ms(lg.get('send_lag_ms', {}))}  (generator behind schedule)")
+        lines.append(f"delivered {lg.get('delivered')}  missing {lg.get('missing')} "
+                     f"(to others {lg.get('missing_to_others')}, echo {lg.get('missing_echo')})  "
+                     f"duplicates {lg.get('duplicates')}  out of order {lg.get('out_of_order')} "
+                     f"(gaps {lg.get('seq_gaps')}, regressions {lg.get('seq_regressions')})")
+    lines.append(f"errors    {lg.get('errors_by_code') or 'none'}")
+    for sample in (lg.get("error_samples") or [])[:3]:
+        lines.append(f"          e.g. {sample}")
+    mem = report.get("memory") or {}
+    if mem:
+        lines.append(f"gateway memory: {mem['gateway_rss_before_connections_kb'] / 1024:.1f} MiB "
+                     f"before connections, {mem['gateway_rss_connections_idle_kb'] / 1024:.1f} "
+                     f"MiB with {mem['connections']} idle -> {mem['kb_per_idle_connection']} "
+                     f"KiB per idle connection; peak {mem['gateway_peak_rss_kb'] / 1024:.1f} MiB")
+    for label, key in (("CPU in the window", "cpu_window"), ("CPU while connecting",
+                                                             "cpu_connect")):
+        cpu = report.get(key) or {}
+        if cpu:
+            lines.append(f"{label} ({cpu['wall_s']} s, {cpu['cores']} cores; 100% = one core): "
+                         f"gateway {cpu.get('gateway_pct')}%  messaging "
+                         f"{cpu.get('messaging_pct')}%  loadgen {cpu.get('loadgen_pct')}%  "
+                         f"machine busy {cpu.get('machine_busy_pct_of_all_cores')}% of all cores")
+    for name, prof in (report.get("profiles") or {}).items():
+        lines.append(f"profile {name}: {prof.get('samples')} samples; top self:")
+        for row in (prof.get("self") or [])[:10]:
+            lines.append(f"    {row['pct']:5.1f}%  {row['function']}")
+    for name, found in (report.get("service_logs") or {}).items():
+        if found["lines"]:
+            lines.append(f"{name} log: {found['lines']} warning/error lines ({found['log']}); "
+                         f"last: {found['last'][-1][:300]}")
+    lines.append(f"exit codes {report.get('exit_codes')}")
+    lines.append("RESULT: " + ("ok" if report.get("ok") else "FAILED"))
+    return "\n".join(lines)
