@@ -38,12 +38,11 @@ def backends():
 
 @pytest.fixture(scope="session")
 async def stack(backends, tmp_path_factory):
-    """messaging + gateway as real processes, shared by the end-to-end tests."""
+    """Every service as a real process, shared by the end-to-end tests."""
     running = Stack(backends, tmp_path_factory.mktemp("stack"))
     _STACKS.append(running)
     try:
-        await running.start_messaging()
-        await running.start_gateway()
+        await running.start_all()
         yield running
     finally:
         await running.stop()

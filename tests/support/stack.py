@@ -24,6 +24,8 @@ from .ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
+# Started in this order before the gateway; a service that does not exist yet is skipped.
+BACKEND_SERVICES = ("messaging", "presence", "media", "audit")
 
 
 @dataclass
@@ -91,6 +93,8 @@ class Stack:
         env.update({
             "CHAT_AMQP_URL": self.backends.amqp_url,
             "CHAT_MESSAGING_DATABASE_URL": self.backends.database_url("messaging"),
+            "CHAT_MEDIA_DATABASE_URL": self.backends.database_url("media"),
+            "CHAT_AUDIT_DATABASE_URL": self.backends.database_url("audit"),
             "CHAT_REDIS_URL": self.backends.redis_url,
             "CHAT_JWT_SECRET": JWT_SECRET,
             "CHAT_LOG_LEVEL": "info",
@@ -107,10 +111,14 @@ class Stack:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.gateway_port}/ws"
 
-    async def start_messaging(self, **overrides: str) -> ServiceProcess:
+    async def start_service(self, name: str, **overrides: str) -> ServiceProcess:
+        """Any service but the gateway: its ops port is ``CHAT_<NAME>_OPS_PORT``."""
         port = free_port()
-        env = self.base_env() | {"CHAT_MESSAGING_OPS_PORT": str(port)} | overrides
-        return await self._start("messaging", env, f"http://127.0.0.1:{port}")
+        env = self.base_env() | {f"CHAT_{name.upper()}_OPS_PORT": str(port)} | overrides
+        return await self._start(name, env, f"http://127.0.0.1:{port}")
+
+    async def start_messaging(self, **overrides: str) -> ServiceProcess:
+        return await self.start_service("messaging", **overrides)
 
     async def start_gateway(self, port: int | None = None, **overrides: str) -> ServiceProcess:
         port = port or free_port()
@@ -127,6 +135,13 @@ class Stack:
         self.processes.append(process)
         await process.wait_ready()
         return process
+
+    async def start_all(self) -> None:
+        """Every service that exists, then the gateway (as ``make up`` does)."""
+        for name in BACKEND_SERVICES:
+            if (ROOT / "services" / name / "__main__.py").exists():
+                await self.start_service(name)
+        await self.start_gateway()
 
     def token(self, user_id: str, role: str = "client", ttl_s: int = 3600) -> str:
         return mint_token(JWT_SECRET, user_id, role, ttl_s=ttl_s)
