@@ -78,7 +78,8 @@ class Broker:
         self._reply_channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
         self._waiting: dict[str, list[asyncio.Future]] = {}
-        self._pending: dict[str, list[tuple[Envelope, asyncio.Future]]] = defaultdict(list)
+        self._pending: dict[str, list[tuple[Envelope, asyncio.Future, float]]] = \
+            defaultdict(list)
         self._flush_handles: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -192,7 +193,7 @@ class Broker:
         timeout = timeout or self.settings.rpc_timeout_s
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         pending = self._pending[routing_key]
-        pending.append((envelope, future))
+        pending.append((envelope, future, timeout))
         if len(pending) >= self.max_request_batch:
             self._flush_now(routing_key)
         elif routing_key not in self._flush_handles:
@@ -218,15 +219,16 @@ class Broker:
         if batch:
             self._spawn(self._send_requests(routing_key, batch))
 
-    async def _send_requests(self, routing_key: str, batch: list[tuple[Envelope, asyncio.Future]]
-                             ) -> None:
+    async def _send_requests(self, routing_key: str,
+                             batch: list[tuple[Envelope, asyncio.Future, float]]) -> None:
         correlation_id = uuid.uuid4().hex
-        futures = [future for _, future in batch]
+        futures = [future for _, future, _ in batch]
         self._waiting[correlation_id] = futures
+        # Forget the batch once every caller has given up.
         asyncio.get_running_loop().call_later(
-            self.settings.rpc_timeout_s + 1, self._waiting.pop, correlation_id, None)
+            max(timeout for _, _, timeout in batch) + 1, self._waiting.pop, correlation_id, None)
         try:
-            await self.publish(COMMANDS, [routing_key], encode_batch([env for env, _ in batch]),
+            await self.publish(COMMANDS, [routing_key], encode_batch([env for env, _, _ in batch]),
                                message_type=routing_key, reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
                                persistent=False)
         except ServiceError as exc:

@@ -1,0 +1,149 @@
+"""The broker layer against a real RabbitMQ (a fresh vhost per run)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+import pytest
+
+from shared.broker import Broker, TransientError
+from shared.contracts.envelope import failed, new_envelope, ok
+from shared.contracts.errors import ErrorCode, ServiceError
+from shared.topology import EVENTS, DurableQueue, command_queue
+
+pytestmark = pytest.mark.integration
+
+
+def unique_service() -> str:
+    return f"svc{uuid.uuid4().hex[:8]}"
+
+
+async def test_requests_within_the_window_travel_as_one_message_and_each_gets_its_answer(
+        broker: Broker):
+    service = unique_service()
+    batches: list[int] = []
+
+    async def handler(envelopes):
+        batches.append(len(envelopes))
+        return [ok(e.payload["n"] * 2) if e.payload["n"] != 3
+                else failed(ServiceError(ErrorCode.CONFLICT, "three")) for e in envelopes]
+
+    consumer = await broker.serve(command_queue(service), handler)
+    try:
+        calls = [broker.request(new_envelope(f"{service}.double", 1, {"n": n}))
+                 for n in range(10)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert results[:3] == [0, 2, 4] and results[4:] == [8, 10, 12, 14, 16, 18]
+        assert isinstance(results[3], ServiceError) and results[3].code == ErrorCode.CONFLICT
+        assert sum(batches) == 10 and len(batches) < 10  # coalesced
+    finally:
+        await consumer.stop(1)
+
+
+async def test_a_command_nobody_consumes_is_unavailable_at_once(broker: Broker):
+    with pytest.raises(ServiceError) as refused:
+        await broker.request(new_envelope(f"{unique_service()}.anything", 1, {}))
+    assert refused.value.code == ErrorCode.UNAVAILABLE
+
+
+async def test_no_reply_in_time_is_unavailable(broker: Broker):
+    service = unique_service()
+    release = asyncio.Event()
+
+    async def slow(envelopes):
+        await release.wait()
+        return [ok(None) for _ in envelopes]
+
+    consumer = await broker.serve(command_queue(service), slow)
+    try:
+        with pytest.raises(ServiceError) as refused:
+            await broker.request(new_envelope(f"{service}.slow", 1, {}), timeout=0.3)
+        assert refused.value.code == ErrorCode.UNAVAILABLE
+    finally:
+        release.set()
+        await consumer.stop(1)
+
+
+async def test_a_poison_message_is_dead_lettered_and_the_others_keep_flowing(broker: Broker):
+    service = unique_service()
+    spec = command_queue(service)
+    attempts = {"poison": 0}
+
+    async def handler(envelopes):
+        for e in envelopes:
+            if e.payload.get("poison"):
+                attempts["poison"] += 1
+                raise RuntimeError("always fails")
+        return [ok(e.payload["n"]) for e in envelopes]
+
+    consumer = await broker.serve(spec, handler)
+    try:
+        poison = new_envelope(f"{service}.work", 1, {"poison": True, "n": -1})
+        await broker.publish("chat.commands", [f"{service}.work"], _body([poison]))
+        answers = await asyncio.gather(*(broker.request(new_envelope(
+            f"{service}.work", 1, {"n": n})) for n in range(5)))
+        assert answers == [0, 1, 2, 3, 4]
+        dlq = await broker._channel.declare_queue(spec.dead_letter_queue, passive=True)
+        message = await _wait_for_message(dlq)
+        assert orjson.loads(message.body)[0]["payload"]["poison"] is True
+        # delivery_limit=3 in the fixture: tried a bounded number of times, then given up.
+        assert 1 <= attempts["poison"] <= 5
+    finally:
+        await consumer.stop(1)
+
+
+async def test_a_transient_store_failure_is_retried_not_dead_lettered(broker: Broker):
+    service = unique_service()
+    failures = {"left": 3}
+
+    async def flaky(envelopes):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise TransientError("database restarting")
+        return [ok("done") for _ in envelopes]
+
+    consumer = await broker.serve(command_queue(service), flaky)
+    try:
+        result = await broker.request(new_envelope(f"{service}.work", 1, {}), timeout=30)
+        assert result == "done" and failures["left"] == 0
+    finally:
+        await consumer.stop(1)
+
+
+async def test_bcc_routes_one_message_to_each_bound_queue_exactly_once(broker: Broker):
+    a, b = uuid.uuid4(), uuid.uuid4()
+    q_a = await broker.declare_exclusive(f"test.{uuid.uuid4().hex}")
+    q_both = await broker.declare_exclusive(f"test.{uuid.uuid4().hex}")
+    await q_a.bind(broker.exchanges[EVENTS], f"session.{a}.#")
+    await q_both.bind(broker.exchanges[EVENTS], f"session.{a}.#")
+    await q_both.bind(broker.exchanges[EVENTS], f"session.{b}.#")
+    await broker.publish(EVENTS, [f"session.{a}.message_sent", f"session.{b}.message_sent",
+                                  f"session.{a}.message_deleted"], b"[]", mandatory=False)
+    first = await _wait_for_message(q_both)
+    assert "BCC" not in (first.headers or {})
+    await _wait_for_message(q_a)
+    assert await q_both.get(fail=False) is None and await q_a.get(fail=False) is None
+
+
+def _body(envelopes):
+    from shared.contracts.envelope import encode_batch
+    return encode_batch(envelopes)
+
+
+async def _wait_for_message(queue, timeout: float = 10.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        message = await queue.get(fail=False, no_ack=True)
+        if message is not None:
+            return message
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing arrived on {queue.name}")
+
+
+def test_durable_queues_are_quorum_queues_with_a_delivery_limit():
+    args = DurableQueue("x.commands", "chat.commands", ("x.*",)).arguments(5)
+    assert args["x-queue-type"] == "quorum" and args["x-delivery-limit"] == 5
+    assert args["x-dead-letter-exchange"] == "chat.dlx"
