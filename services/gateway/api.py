@@ -3,6 +3,7 @@ service, shape the answer. ``ROUTES`` lists every endpoint at a glance."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -12,27 +13,36 @@ from pydantic import ValidationError
 
 from shared.contracts.base import Contract
 from shared.contracts.commands import (
+    AddParticipant,
     CreateSession,
+    DeleteMessage,
     GetEvents,
     GetMessages,
     GetSession,
     ListSessions,
+    MarkReceipt,
+    RemoveParticipant,
     SendMessage,
 )
 from shared.contracts.errors import ErrorCode, ServiceError, not_found
 from shared.contracts.http import (
+    AddParticipantBody,
     CreateSessionBody,
     EventsQuery,
     ListSessionsQuery,
     MessagesQuery,
     SendMessageBody,
 )
+from shared.contracts.fields import USER_ID_PATTERN
 from shared.contracts.registry import error_list, first_error
 
 from . import rpc
 from .appkeys import AUTH, BROKER, RATE_MESSAGES
 from .auth import Principal
 from .errors import REQUEST_ID
+
+
+USER_ID = re.compile(USER_ID_PATTERN)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -98,7 +108,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     query = read_query(request, ListSessionsQuery)
     return json_response(await call(request, principal, ListSessions(
-        limit=query.limit, cursor=query.cursor)))
+        limit=query.limit, cursor=query.cursor, all=query.all)))
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -139,6 +149,46 @@ async def send_message(request: web.Request) -> web.Response:
     return json_response(result["message"], 201 if result["created"] else 200)
 
 
+def message_id_of(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["message_id"])
+    except ValueError:
+        raise not_found("message") from None
+
+
+async def mark_read(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    result = await call(request, principal, MarkReceipt(message_id=message_id_of(request),
+                                                        marker="read"))
+    return json_response({k: result[k] for k in ("session_id", "user_id", "read_seq")})
+
+
+async def delete_message(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    await call(request, principal, DeleteMessage(message_id=message_id_of(request)))
+    return web.Response(status=204)
+
+
+# ---- participants ----------------------------------------------------------------------------
+
+async def add_participant(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    session_id = session_id_of(request)
+    body = await read_body(request, AddParticipantBody)
+    return json_response(await call(request, principal, AddParticipant(
+        session_id=session_id, user_id=body.user_id)))
+
+
+async def remove_participant(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    session_id = session_id_of(request)
+    user_id = request.match_info["user_id"]
+    if not USER_ID.match(user_id):
+        raise not_found("participant")
+    await call(request, principal, RemoveParticipant(session_id=session_id, user_id=user_id))
+    return web.Response(status=204)
+
+
 ROUTES = [
     ("POST", "/api/chat/sessions", create_session),
     ("GET", "/api/chat/sessions", list_sessions),
@@ -146,4 +196,8 @@ ROUTES = [
     ("GET", "/api/chat/sessions/{session_id}/messages", list_messages),
     ("POST", "/api/chat/sessions/{session_id}/messages", send_message),
     ("GET", "/api/chat/sessions/{session_id}/events", list_events),
+    ("POST", "/api/chat/sessions/{session_id}/participants", add_participant),
+    ("DELETE", "/api/chat/sessions/{session_id}/participants/{user_id}", remove_participant),
+    ("PUT", "/api/chat/messages/{message_id}/read", mark_read),
+    ("DELETE", "/api/chat/messages/{message_id}", delete_message),
 ]

@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from shared.audit_facts import FactPublisher
 from shared.broker import Broker
 
 from .auth import Authenticator
@@ -14,3 +15,4 @@ BROKER = web.AppKey("broker", Broker)
 AUTH = web.AppKey("auth", Authenticator)
 HUB = web.AppKey("hub", Hub)
 RATE_MESSAGES = web.AppKey("rate_messages", PerKeyBuckets)
+AUDIT_FACTS = web.AppKey("audit_facts", FactPublisher)

@@ -1,9 +1,19 @@
 """Fan-out: which connections of this gateway see which session's events.
 
 This instance has one exclusive queue, ``gateway.<instance>``. It is bound to
-``session.<id>.#`` while at least one of its connections has joined that session, and unbound
-when the last leaves. An AMQP message is a batch of event envelopes (possibly of many sessions);
-each event is turned into its frame once and queued on every joined connection.
+``session.<id>.#`` while at least one of its connections has joined that session, and to
+``user.<id>.#`` while that user has a connection here. An AMQP message is a batch of event
+envelopes (possibly of many sessions); each event is turned into its frame once and queued on
+every joined connection.
+
+User-level delivery: an envelope may name ``recipients`` (user ids). Their connections that
+have *not* joined the event's session get the event's user-level frame: a ``notification`` for
+a new message, the ``participant_added`` / ``participant_removed`` frame for a membership
+change. Joined connections get the session frame instead, never both. An event about no
+session (``presence_changed``) reaches every connection of its recipients.
+
+A session event whose payload has ``exclude_user_id`` is not sent to that user's connections
+(typing and user_joined / user_left are never echoed to their subject).
 """
 
 from __future__ import annotations
@@ -17,9 +27,9 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from shared.broker import Broker
 from shared.contracts.errors import ServiceError
-from shared.contracts.frames import frame_from_event
+from shared.contracts.frames import frame_from_event, user_frame
 from shared.logging import get_logger
-from shared.topology import EVENTS, session_binding
+from shared.topology import EVENTS, session_binding, user_binding
 
 from .connection import Connection, SessionView
 
@@ -36,6 +46,7 @@ class Hub:
         self.queue: AbstractQueue | None = None
         self.connections: set[Connection] = set()
         self.joined: dict[str, set[Connection]] = defaultdict(set)
+        self.users: dict[str, set[Connection]] = defaultdict(set)
         self._bound: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self.fetch_events: FetchEvents | None = None
@@ -49,13 +60,31 @@ class Hub:
 
     # ---- membership of this instance ------------------------------------------------------
 
-    def add(self, conn: Connection) -> None:
+    async def add(self, conn: Connection) -> None:
+        """Register a connection; returns once its user's events are routed here."""
         self.connections.add(conn)
+        self.users[conn.user_id].add(conn)
+        key = user_binding(conn.user_id)
+        async with self._lock(key):
+            if key not in self._bound:
+                await self.queue.bind(self.broker.exchanges[EVENTS], key)
+                self._bound.add(key)
 
     async def remove(self, conn: Connection) -> None:
         self.connections.discard(conn)
         for session_id in list(conn.sessions):
             await self.leave(conn, session_id)
+        members = self.users.get(conn.user_id)
+        if members is not None:
+            members.discard(conn)
+        key = user_binding(conn.user_id)
+        async with self._lock(key):
+            if not self.users.get(conn.user_id) and key in self._bound:
+                self.users.pop(conn.user_id, None)
+                self._bound.discard(key)
+                await self._unbind(key)
+            if key not in self._bound:
+                self._locks.pop(key, None)
 
     async def join(self, conn: Connection, session_id: str) -> None:
         """Register the connection (its view starts in backlog mode) and make sure the queue
@@ -76,13 +105,15 @@ class Hub:
             if not self.joined.get(session_id) and session_id in self._bound:
                 self.joined.pop(session_id, None)
                 self._bound.discard(session_id)
-                try:
-                    await self.queue.unbind(self.broker.exchanges[EVENTS],
-                                            session_binding(session_id))
-                except Exception as exc:  # events for it are ignored anyway
-                    log.warning("unbind_failed", session_id=session_id, error=repr(exc))
+                await self._unbind(session_binding(session_id))
             if session_id not in self._bound:
                 self._locks.pop(session_id, None)
+
+    async def _unbind(self, key: str) -> None:
+        try:
+            await self.queue.unbind(self.broker.exchanges[EVENTS], key)
+        except Exception as exc:  # events for it are ignored anyway
+            log.warning("unbind_failed", routing_key=key, error=repr(exc))
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         lock = self._locks.get(session_id)
@@ -99,17 +130,42 @@ class Hub:
             log.error("malformed_event_message")
             return
         for envelope in envelopes:
+            type_ = envelope.get("type", "")
             payload = envelope.get("payload") or {}
             session_id = payload.get("session_id")
             members = self.joined.get(session_id) if session_id else None
-            if not members:
-                continue
-            frame = frame_from_event(envelope.get("type", ""), payload)
-            if frame is None:
-                continue
-            text = orjson.dumps(frame).decode()
-            for conn in tuple(members):
-                conn.deliver(session_id, frame, text)
+            if members:
+                frame = frame_from_event(type_, payload)
+                if frame is not None:
+                    text = orjson.dumps(frame).decode()
+                    # Presence events are never echoed to their subject (the typist).
+                    exclude = payload.get("exclude_user_id")
+                    for conn in tuple(members):
+                        if conn.user_id != exclude:
+                            conn.deliver(session_id, frame, text)
+                if type_ == "participant_removed":
+                    self._drop_removed(session_id, payload["user_id"])
+            recipients = envelope.get("recipients")
+            if recipients:
+                self._deliver_to_users(type_, payload, session_id, recipients)
+
+    def _deliver_to_users(self, type_: str, payload: dict, session_id: str | None,
+                          recipients: list[str]) -> None:
+        frame = user_frame(type_, payload)
+        if frame is None:
+            return
+        text = orjson.dumps(frame).decode()
+        for user_id in recipients:
+            for conn in tuple(self.users.get(user_id, ())):
+                if session_id not in conn.sessions:
+                    conn.send_text(text)
+
+    def _drop_removed(self, session_id: str, user_id: str) -> None:
+        """A removed participant stops receiving the session at once (the removal itself was
+        just delivered to them)."""
+        for conn in tuple(self.joined.get(session_id, ())):
+            if conn.user_id == user_id:
+                self._spawn(self.leave(conn, session_id))
 
     # ---- catching up after a gap ----------------------------------------------------------
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.contracts.audit import AuditEntry, AuditQuery
 from shared.contracts.http import (
+    AddParticipantBody,
     CreateSessionBody,
     EventsQuery,
     ListSessionsQuery,
@@ -29,7 +31,7 @@ ERROR_STATUSES = {
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (CreateSessionBody, SendMessageBody, Session, Message):
+    for model in (CreateSessionBody, SendMessageBody, AddParticipantBody, Session, Message):
         schema = model.model_json_schema(ref_template=REF, mode="serialization")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -47,6 +49,15 @@ def _schemas() -> dict[str, Any]:
         "type": "object", "required": ["messages", "has_more"],
         "properties": {"messages": {"type": "array", "items": {"$ref": REF.format(
             model="Message")}}, "has_more": {"type": "boolean"}}}
+    schemas["AuditEntry"] = AuditEntry.model_json_schema(ref_template=REF, mode="serialization")
+    schemas["AuditPage"] = {
+        "type": "object", "required": ["entries", "next_cursor"],
+        "properties": {"entries": {"type": "array", "items": {"$ref": REF.format(
+            model="AuditEntry")}}, "next_cursor": {"type": ["string", "null"]}}}
+    schemas["ReadMarker"] = {
+        "type": "object", "required": ["session_id", "user_id", "read_seq"],
+        "properties": {"session_id": {"type": "string", "format": "uuid"},
+                       "user_id": {"type": "string"}, "read_seq": {"type": "integer"}}}
     schemas["EventPage"] = {
         "type": "object", "required": ["events", "has_more"],
         "properties": {"events": {"type": "array", "items": {"type": "object"}},
@@ -70,6 +81,8 @@ def _errors(*statuses: str) -> dict:
 
 
 SESSION_ID = {"name": "session_id", "in": "path", "required": True,
+              "schema": {"type": "string", "format": "uuid"}}
+MESSAGE_ID = {"name": "message_id", "in": "path", "required": True,
               "schema": {"type": "string", "format": "uuid"}}
 
 
@@ -118,6 +131,40 @@ def build_openapi() -> dict[str, Any]:
                         "parameters": [SESSION_ID, *_query_params(EventsQuery)],
                         "responses": {"200": _json("EventPage", "ascending seq"),
                                       **_errors("404", *common)}},
+            },
+            "/api/admin/audit": {
+                "get": {"summary": "Query the audit log (admins only), ascending seq; "
+                                   "the query is itself audited",
+                        "parameters": _query_params(AuditQuery),
+                        "responses": {"200": _json("AuditPage", "a page of entries"),
+                                      **_errors("403", *common)}},
+            },
+            "/api/chat/sessions/{session_id}/participants": {
+                "post": {"summary": "Add a participant (owner or admin)",
+                         "parameters": [SESSION_ID],
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"$ref": REF.format(model="AddParticipantBody")}}}},
+                         "responses": {"200": _json("Session", "the session"),
+                                       **_errors("400", "403", "404", "409", *common)}},
+            },
+            "/api/chat/sessions/{session_id}/participants/{user_id}": {
+                "delete": {"summary": "Remove a participant (owner or admin), or leave",
+                           "parameters": [SESSION_ID, {"name": "user_id", "in": "path",
+                                                       "required": True,
+                                                       "schema": {"type": "string"}}],
+                           "responses": {"204": {"description": "removed"},
+                                         **_errors("403", "404", "409", *common)}},
+            },
+            "/api/chat/messages/{message_id}/read": {
+                "put": {"summary": "Mark read up to this message", "parameters": [MESSAGE_ID],
+                        "responses": {"200": _json("ReadMarker", "the stored read marker"),
+                                      **_errors("404", *common)}},
+            },
+            "/api/chat/messages/{message_id}": {
+                "delete": {"summary": "Delete (redact) a message: the sender or an admin",
+                           "parameters": [MESSAGE_ID],
+                           "responses": {"204": {"description": "deleted (or already)"},
+                                         **_errors("403", "404", *common)}},
             },
             "/api/openapi.json": {"get": {"summary": "This document", "security": [],
                                           "responses": {"200": {"description": "OpenAPI"}}}},

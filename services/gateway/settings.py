@@ -40,6 +40,15 @@ class GatewaySettings(CommonSettings):
     # Coalescing window for requests to the services.
     coalesce_window_ms: float = Field(default=2.0, ge=0, le=50)
 
+    # Presence: every heartbeat renews the leases of this gateway's connections (presence lets
+    # a lease lapse after CHAT_PRESENCE_LEASE_TTL_S, 25 s by default: keep this well below).
+    presence_heartbeat_s: float = Field(default=10.0, gt=0, le=600)
+    # How long join_session waits for presence (online users, typing) before answering with
+    # what it knows: presence being slow or down never holds up a join.
+    presence_join_timeout_ms: float = Field(default=300.0, gt=0, le=10_000)
+    # How long typing_start / typing_stop / set_presence wait for presence.
+    presence_timeout_s: float = Field(default=2.0, gt=0, le=60)
+
     @field_validator("jwt_algorithms", "allowed_origins", mode="before")
     @classmethod
     def _split_csv(cls, value):

@@ -16,12 +16,14 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
-from shared.contracts.commands import GetEvents, JoinSession, SendMessage
+from shared.contracts.commands import GetEvents, JoinSession, MarkReceipt, SendMessage
 from shared.contracts.errors import ErrorCode, ServiceError
 from shared.contracts.frames import (
     ClientFrame,
     JoinSessionFrame,
     LeaveSessionFrame,
+    MarkDeliveredFrame,
+    MarkReadFrame,
     PingFrame,
     SendMessageFrame,
     error_frame,
@@ -29,11 +31,13 @@ from shared.contracts.frames import (
 from shared.contracts.registry import CLIENT_FRAMES_BY_TYPE, first_error
 from shared.logging import get_logger
 
-from . import rpc
+from . import audit_events, rpc
 from .appkeys import AUTH, BROKER, HUB, RATE_MESSAGES, SETTINGS
 from .connection import Connection
 from .hub import Hub
+from .presence import PRESENCE
 from .ratelimit import TokenBucket
+from .ws_presence import PRESENCE_FRAME_HANDLERS
 
 log = get_logger(__name__)
 MAX_TASKS_PER_CONNECTION = 64
@@ -64,6 +68,9 @@ async def join_session(frame: JoinSessionFrame, ctx: Context) -> None:
     except ServiceError:
         await hub.leave(conn, session_id)
         raise
+    # Who is online and typing (never waits long: presence being away does not block joins).
+    seen = await ctx.app[PRESENCE].session_opened(
+        conn, session_id, [p["user_id"] for p in state["participants"]])
     view = conn.sessions.get(session_id)
     if view is None:  # left meanwhile
         return
@@ -71,8 +78,8 @@ async def join_session(frame: JoinSessionFrame, ctx: Context) -> None:
     conn.send({"type": "ack", "ref": frame.ref, "session_id": session_id})
     conn.send({
         "type": "joined", "session_id": session_id, "last_seq": state["last_seq"],
-        "participants": state["participants"], "online_users": [conn.user_id],
-        "receipts": state["receipts"], "typing": [],
+        "participants": state["participants"], "online_users": seen["online_users"],
+        "receipts": state["receipts"], "typing": seen["typing"],
         "backlog_truncated": state["backlog_truncated"],
     })
     conn.send_backlog(session_id, state["backlog"])
@@ -84,6 +91,7 @@ async def join_session(frame: JoinSessionFrame, ctx: Context) -> None:
 
 async def leave_session(frame: LeaveSessionFrame, ctx: Context) -> None:
     await ctx.hub.leave(ctx.conn, str(frame.session_id))
+    ctx.app[PRESENCE].session_closed(ctx.conn, str(frame.session_id))
     ctx.conn.send({"type": "ack", "ref": frame.ref, "session_id": str(frame.session_id)})
 
 
@@ -93,7 +101,15 @@ async def send_message(frame: SendMessageFrame, ctx: Context) -> None:
         raise ServiceError(ErrorCode.RATE_LIMITED, "too many messages", retry_after=wait)
     result = await ctx.call(SendMessage(session_id=frame.session_id, message_id=uuid.uuid4(),
                                         client_msg_id=frame.client_msg_id, body=frame.body))
+    ctx.app[PRESENCE].stop_typing_now(ctx.conn, str(frame.session_id))
     ctx.conn.send({"type": "ack", "ref": frame.ref, "message": result["message"]})
+
+
+async def mark_receipt(frame: MarkDeliveredFrame | MarkReadFrame, ctx: Context) -> None:
+    marker = "read" if frame.type == "mark_read" else "delivered"
+    result = await ctx.call(MarkReceipt(session_id=frame.session_id, marker=marker,
+                                        up_to_seq=frame.up_to_seq))
+    ctx.conn.send({"type": "ack", "ref": frame.ref, **result})
 
 
 async def ping(frame: PingFrame, ctx: Context) -> None:
@@ -104,7 +120,10 @@ FRAME_HANDLERS: dict[type[ClientFrame], Callable[[ClientFrame, Context], Awaitab
     JoinSessionFrame: join_session,
     LeaveSessionFrame: leave_session,
     SendMessageFrame: send_message,
+    MarkDeliveredFrame: mark_receipt,
+    MarkReadFrame: mark_receipt,
     PingFrame: ping,
+    **PRESENCE_FRAME_HANDLERS,
 }
 
 
@@ -130,7 +149,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, principal.expires_at - time.time()), conn.close,
         WSCloseCode.POLICY_VIOLATION, "token expired")
-    hub.add(conn)
+    await hub.add(conn)
+    app[PRESENCE].connected(conn)
     log.info("ws_connected", connection_id=conn.id, user_id=conn.user_id)
     conn.send({"type": "hello", "user_id": conn.user_id, "connection_id": conn.id})
     try:
@@ -152,6 +172,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         expiry.cancel()
         for task in tasks:
             task.cancel()
+        app[PRESENCE].disconnected(conn)
         await hub.remove(conn)
         await conn.finish()
         if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
@@ -178,11 +199,14 @@ async def handle_frame(data: str, ctx: Context) -> None:
             frame = cls.model_validate(raw)
         except ValidationError as exc:
             raise ServiceError(ErrorCode.INVALID, first_error(exc)) from None
+        if cls is not PingFrame:  # an app's keep-alive pings are not the user's activity
+            ctx.app[PRESENCE].touch(ctx.conn)
         await FRAME_HANDLERS[cls](frame, ctx)
     except ServiceError as exc:
         log.info("ws_frame_refused", connection_id=ctx.conn.id, user_id=ctx.conn.user_id,
                  code=exc.code.value, reason=exc.message)
         ctx.conn.send(error_frame(ref, exc.code.value, exc.message, exc.retry_after))
+        audit_events.frame_refused(ctx.app, ctx.conn.principal.actor, data, exc)
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -1,6 +1,6 @@
 """Wiring of the messaging service: settings, pool, broker, relay, consumer, shutdown.
 
-Commands: ``python -m services.messaging`` (run), ``... migrate``.
+Commands: ``python -m services.messaging`` (run), ``... migrate``, ``... rebuild-projections``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import asyncpg
 
 from shared import service
 from shared.broker import Broker, TransientError
-from shared.db import apply_migrations, create_pool, ensure_database
+from shared.db import apply_migrations, connect, create_pool, ensure_database
 from shared.logging import configure_logging, get_logger
 from shared.ops import start_ops_server
 from shared.settings import load_settings
 from shared.topology import command_queue
 
+from . import projections
 from .handlers import Deps, handle_batch
 from .relay import OutboxRelay
 from .settings import MessagingSettings
@@ -77,6 +78,19 @@ async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
     log.info("messaging_stopped")
 
 
+async def rebuild_projections(settings: MessagingSettings) -> None:
+    """Replay the event store into fresh projections (while the service may run: the rebuild
+    holds the append lock, so writers wait for it)."""
+    await migrate(settings)
+    conn = await connect(settings.messaging_database_url)
+    try:
+        count = await projections.rebuild(conn)
+    finally:
+        await conn.close()
+    log.info("projections_rebuilt", events=count)
+    print(f"rebuilt projections from {count} events")
+
+
 def main() -> None:
     settings = load_settings(MessagingSettings)
     configure_logging("messaging", settings.log_level, settings.log_format)
@@ -85,6 +99,9 @@ def main() -> None:
         service.run(lambda _stop: migrate(settings))
     elif command == "run":
         service.run(lambda stop: serve(settings, stop))
+    elif command == "rebuild-projections":
+        service.run(lambda _stop: rebuild_projections(settings))
     else:
-        print("usage: python -m services.messaging [run|migrate]", file=sys.stderr)
+        print("usage: python -m services.messaging [run|migrate|rebuild-projections]",
+              file=sys.stderr)
         raise SystemExit(2)

@@ -19,12 +19,17 @@ from typing import Any
 import asyncpg
 
 from shared.contracts.commands import (
+    AddParticipant,
     CreateSession,
+    DeleteMessage,
     GetEvents,
     GetMessages,
     GetSession,
     JoinSession,
     ListSessions,
+    MarkReceipt,
+    RemoveParticipant,
+    SendAttachmentMessage,
     SendMessage,
 )
 from shared.contracts.envelope import Envelope, failed, ok
@@ -34,7 +39,8 @@ from shared.contracts.registry import payload_of
 from shared.logging import get_logger
 from shared.metrics import ENVELOPES_HANDLED
 
-from . import domain, store
+from . import attachments, domain, projections, store, writes
+from .writes import Write
 
 log = get_logger(__name__)
 
@@ -46,114 +52,72 @@ class Deps:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
-@dataclass
-class Write:
-    index: int
-    envelope: Envelope
-    command: Any
-
-
-# ---- writes ----------------------------------------------------------------------------------
-
-async def create_sessions(conn, writes: list[Write], results: list, now: datetime) -> list:
-    events = []
-    existing = await store.load_sessions(conn, [w.command.session_id for w in writes],
-                                         for_update=True)
-    for w in writes:
-        try:
-            state = existing.get(w.command.session_id)
-            if state is not None:
-                domain.same_session_created(state, w.envelope.actor)
-                results[w.index] = ("session", w.command.session_id, w.envelope.actor)
-                continue
-            payload = domain.create_session(w.command, w.envelope.actor, now)
-        except ServiceError as exc:
-            results[w.index] = exc
-            continue
-        await store.insert_session(conn, payload, now)
-        existing[w.command.session_id] = domain.SessionState(
-            w.command.session_id, w.envelope.actor.user_id, 0,
-            {p["user_id"]: p["role"] for p in payload["participants"]})
-        events.append(_event(w, w.command.session_id, 0, "session_created", payload, now))
-        results[w.index] = ("session", w.command.session_id, w.envelope.actor)
-    return events
-
-
-async def send_messages(conn, writes: list[Write], results: list, now: datetime) -> list:
-    session_ids = sorted({w.command.session_id for w in writes})
-    states = await store.load_sessions(conn, session_ids, for_update=True)
-    keys = [(w.command.session_id, w.envelope.actor.user_id, w.command.client_msg_id)
-            for w in writes]
-    stored = await store.find_by_client_ids(conn, keys)
-    events, messages = [], []
-    for w, key in zip(writes, keys, strict=True):
-        state = states.get(w.command.session_id)
-        try:
-            decision = domain.send_message(state, stored.get(key), w.command, w.envelope.actor,
-                                           now)
-        except ServiceError as exc:
-            results[w.index] = exc
-            continue
-        if isinstance(decision, domain.StoredMessage):
-            results[w.index] = {"message": decision.view, "created": False}
-            continue
-        message = decision["message"]
-        state.last_seq = decision["seq"]
-        stored[key] = domain.StoredMessage(w.command.message_id, decision["seq"],
-                                           w.command.body, message)
-        events.append(_event(w, w.command.session_id, decision["seq"], "message_sent",
-                             decision, now))
-        messages.append(message)
-        results[w.index] = {"message": message, "created": True}
-    await store.insert_messages(conn, messages)
-    return events
-
-
-def _event(w: Write, stream_id, version, type_, payload, now) -> store.NewEvent:
-    return store.NewEvent(stream_id=stream_id, version=version, type=type_, payload=payload,
-                          actor=w.envelope.actor, correlation_id=w.envelope.correlation_id,
-                          causation_id=str(w.envelope.message_id), occurred_at=now)
-
-
 WRITE_HANDLERS: dict[type, Callable[..., Awaitable[list]]] = {
-    CreateSession: create_sessions,
-    SendMessage: send_messages,
+    CreateSession: writes.create_sessions,
+    SendMessage: writes.send_messages,
+    MarkReceipt: writes.mark_receipts,
+    DeleteMessage: writes.delete_messages,
+    AddParticipant: writes.change_participants,
+    RemoveParticipant: writes.change_participants,
+    SendAttachmentMessage: attachments.send_attachment_messages,
 }
 
 
-async def handle_writes(writes: list[Write], results: list, deps: Deps) -> None:
+async def handle_writes(batch: list[Write], results: list, deps: Deps) -> None:
+    """All writes of a batch in one transaction. Each command type's group is decided,
+    appended and projected before the next group runs."""
     now = deps.clock()
+    appended = 0
     async with deps.pool.acquire() as conn, conn.transaction():
         await store.lock_appends(conn)
-        events = []
-        for command_type, handler in WRITE_HANDLERS.items():
-            group = [w for w in writes if type(w.command) is command_type]
+        for handler in dict.fromkeys(WRITE_HANDLERS.values()):
+            group = [w for w in batch if WRITE_HANDLERS[type(w.command)] is handler]
             if group:
-                events += await handler(conn, group, results, now)
-        await store.append_events(conn, events)
+                events = await handler(conn, group, results, now)
+                await store.append_events(conn, events)
+                await projections.apply(conn, events)
+                appended += len(events)
         await store.record_inbox(conn, ((w.envelope.message_id, w.envelope.type)
-                                        for w in writes))
+                                        for w in batch))
         # Session answers are read inside the transaction so they include this batch.
         for i, result in enumerate(results):
             if isinstance(result, tuple) and result[0] == "session":
                 views = await store.session_views(conn, [result[1]], result[2].user_id)
                 results[i] = views[result[1]]
-    if any(True for _ in events):
+    if appended:
         deps.on_commit()
 
 
 # ---- reads -----------------------------------------------------------------------------------
 
+async def readable(conn, session_id: uuid.UUID, envelope: Envelope, what: str
+                   ) -> domain.SessionState:
+    """Participants and admins read. An admin who is not a participant leaves a trace: the
+    ``session_accessed_by_admin`` event, appended before the data is returned."""
+    states = await store.load_sessions(conn, [session_id])
+    state = domain.check_readable(states.get(session_id), envelope.actor)
+    if not state.is_participant(envelope.actor.user_id):
+        await store.append_admin_access(conn, store.NewEvent(
+            stream_id=session_id, version=None, type="session_accessed_by_admin",
+            payload={"session_id": str(session_id), "user_id": envelope.actor.user_id,
+                     "what": what},
+            actor=envelope.actor, correlation_id=envelope.correlation_id,
+            causation_id=str(envelope.message_id), occurred_at=datetime.now(UTC)))
+    return state
+
+
 async def get_session(query: GetSession, envelope: Envelope, conn) -> dict:
-    states = await store.load_sessions(conn, [query.session_id])
-    domain.check_readable(states.get(query.session_id), envelope.actor)
+    await readable(conn, query.session_id, envelope, "session")
     views = await store.session_views(conn, [query.session_id], envelope.actor.user_id)
     return views[query.session_id]
 
 
 async def list_sessions(query: ListSessions, envelope: Envelope, conn) -> dict:
+    if query.all and envelope.actor.role != "admin":
+        raise ServiceError(ErrorCode.FORBIDDEN, "only admins list every session")
     after = decode_cursor(query.cursor) if query.cursor else None
-    page = await store.list_session_ids(conn, envelope.actor.user_id, query.limit + 1, after)
+    page = await store.list_session_ids(conn, None if query.all else envelope.actor.user_id,
+                                        query.limit + 1, after)
     has_more = len(page) > query.limit
     page = page[:query.limit]
     views = await store.session_views(conn, [sid for sid, _ in page], envelope.actor.user_id)
@@ -162,8 +126,7 @@ async def list_sessions(query: ListSessions, envelope: Envelope, conn) -> dict:
 
 
 async def get_messages(query: GetMessages, envelope: Envelope, conn) -> dict:
-    states = await store.load_sessions(conn, [query.session_id])
-    domain.check_readable(states.get(query.session_id), envelope.actor)
+    await readable(conn, query.session_id, envelope, "messages")
     messages, has_more = await store.fetch_messages(
         conn, query.session_id, before_seq=query.before_seq, after_seq=query.after_seq,
         limit=query.limit)
@@ -171,16 +134,14 @@ async def get_messages(query: GetMessages, envelope: Envelope, conn) -> dict:
 
 
 async def get_events(query: GetEvents, envelope: Envelope, conn) -> dict:
-    states = await store.load_sessions(conn, [query.session_id])
-    domain.check_readable(states.get(query.session_id), envelope.actor)
+    await readable(conn, query.session_id, envelope, "events")
     rows, has_more = await store.fetch_stream(conn, query.session_id, query.after_seq,
                                               query.limit)
     return {"events": _frames(rows), "has_more": has_more}
 
 
 async def join_session(query: JoinSession, envelope: Envelope, conn) -> dict:
-    states = await store.load_sessions(conn, [query.session_id])
-    state = domain.check_readable(states.get(query.session_id), envelope.actor)
+    state = await readable(conn, query.session_id, envelope, "join")
     views = await store.session_views(conn, [query.session_id], envelope.actor.user_id)
     backlog, truncated = [], False
     if query.after_seq is not None:

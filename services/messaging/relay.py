@@ -22,7 +22,7 @@ from shared.db import connect
 from shared.contracts.errors import ServiceError
 from shared.contracts.fields import rfc3339
 from shared.logging import get_logger
-from shared.topology import EVENTS, session_key
+from shared.topology import EVENTS, session_key, user_key
 
 log = get_logger(__name__)
 RELAY_LOCK = 0x72656c79  # "rely"
@@ -82,17 +82,19 @@ class OutboxRelay:
             "SELECT position FROM outbox_checkpoint WHERE name = 'events'")
         rows = await conn.fetch(
             """SELECT position, event_id, stream_id, version, type, schema_version, payload,
-                      actor_id, actor_role, correlation_id, causation_id, occurred_at
+                      actor_id, actor_role, correlation_id, causation_id, occurred_at,
+                      recipients
                FROM events WHERE position > $1 ORDER BY position LIMIT $2""",
             checkpoint, self.batch_size)
         if not rows:
             return 0
-        envelopes, keys = [], []
+        envelopes, keys, seen = [], [], set()
         for row in rows:
             envelopes.append(event_envelope(row))
-            key = session_key(row["stream_id"], row["type"])
-            if key not in keys:
-                keys.append(key)
+            for key in routing_keys(row):
+                if key not in seen:
+                    seen.add(key)
+                    keys.append(key)
         body = orjson.dumps(envelopes)
         while True:
             try:
@@ -108,6 +110,14 @@ class OutboxRelay:
         return len(rows)
 
 
+def routing_keys(row) -> list[str]:
+    """``session.<id>.<type>``, and ``user.<id>.<type>`` for each recipient."""
+    keys = [session_key(row["stream_id"], row["type"])]
+    for user_id in row["recipients"] or ():
+        keys.append(user_key(user_id, row["type"]))
+    return keys
+
+
 def event_envelope(row) -> dict:
     """An event as it travels (an ``Envelope`` in JSON); ``seq`` is in the payload."""
     actor = ({"user_id": row["actor_id"], "role": row["actor_role"]}
@@ -116,5 +126,5 @@ def event_envelope(row) -> dict:
         "message_id": str(row["event_id"]), "type": row["type"],
         "version": row["schema_version"], "occurred_at": rfc3339(row["occurred_at"]),
         "correlation_id": row["correlation_id"], "causation_id": row["causation_id"],
-        "actor": actor, "payload": row["payload"],
+        "actor": actor, "payload": row["payload"], "recipients": row["recipients"],
     }

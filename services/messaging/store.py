@@ -18,6 +18,7 @@ import asyncpg
 from shared.contracts.envelope import Actor
 from shared.contracts.fields import rfc3339
 
+from . import domain
 from .domain import SessionState, StoredMessage
 
 APPEND_LOCK = 0x6D736773  # "msgs"
@@ -27,7 +28,7 @@ class NewEvent:
     """An event about to be appended."""
 
     __slots__ = ("event_id", "stream_id", "version", "type", "payload", "actor",
-                 "correlation_id", "causation_id", "occurred_at")
+                 "correlation_id", "causation_id", "occurred_at", "recipients")
 
     def __init__(self, *, stream_id: uuid.UUID, version: int | None, type: str, payload: dict,
                  actor: Actor | None, correlation_id: str | None, causation_id: str | None,
@@ -41,9 +42,18 @@ class NewEvent:
         self.correlation_id = correlation_id
         self.causation_id = causation_id
         self.occurred_at = occurred_at
+        self.recipients: list[str] | None = None
+
+    def with_recipients(self, user_ids: list[str]) -> NewEvent:
+        """Users to tell about this event beyond the session's joined sockets (routing
+        metadata: the relay routes it to ``user.<id>.*`` too)."""
+        self.recipients = list(user_ids)
+        return self
 
 
-SCHEMA_VERSIONS = {"session_created": 1, "message_sent": 1}
+SCHEMA_VERSIONS = {"session_created": 1, "message_sent": 1, "message_deleted": 1,
+                   "participant_added": 1, "participant_removed": 1, "messages_delivered": 1,
+                   "messages_read": 1, "session_accessed_by_admin": 1}
 
 
 async def lock_appends(conn: asyncpg.Connection) -> None:
@@ -56,10 +66,14 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent]) -> Non
         return
     await conn.execute(
         """INSERT INTO events (event_id, stream_id, version, type, schema_version, payload,
-                               actor_id, actor_role, correlation_id, causation_id, occurred_at)
-           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[],
-                                $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
-                                $11::timestamptz[])""",
+                               actor_id, actor_role, correlation_id, causation_id, occurred_at,
+                               recipients)
+           SELECT e, s, v, t, sv, p, ai, ar, co, ca, o,
+                  CASE WHEN r IS NULL THEN NULL ELSE string_to_array(r, ' ') END
+           FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[],
+                       $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
+                       $11::timestamptz[], $12::text[])
+                AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r)""",
         [e.event_id for e in events], [e.stream_id for e in events],
         [e.version for e in events], [e.type for e in events],
         [SCHEMA_VERSIONS[e.type] for e in events], [e.payload for e in events],
@@ -67,6 +81,8 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent]) -> Non
         [e.actor.role if e.actor else None for e in events],
         [e.correlation_id for e in events], [e.causation_id for e in events],
         [e.occurred_at for e in events],
+        # User ids hold no spaces, so a space-joined string carries the list through unnest.
+        [" ".join(e.recipients) if e.recipients is not None else None for e in events],
     )
     await conn.execute("SELECT pg_notify('events_appended', '')")
 
@@ -96,25 +112,9 @@ async def load_sessions(conn: asyncpg.Connection, session_ids: list[uuid.UUID], 
     if states:
         for r in await conn.fetch(
                 "SELECT session_id, user_id, role FROM participants"
-                " WHERE session_id = ANY($1::uuid[])", list(states)):
+                " WHERE session_id = ANY($1::uuid[]) ORDER BY added_at, user_id", list(states)):
             states[r["session_id"]].participants[r["user_id"]] = r["role"]
     return states
-
-
-async def insert_session(conn: asyncpg.Connection, payload: dict, now: datetime) -> None:
-    session_id = uuid.UUID(payload["session_id"])
-    await conn.execute(
-        """INSERT INTO sessions (id, title, created_by, created_at, last_seq, last_activity_at)
-           VALUES ($1, $2, $3, $4, 0, $4)""",
-        session_id, payload["title"], payload["created_by"], now)
-    users = [p["user_id"] for p in payload["participants"]]
-    await conn.execute(
-        """INSERT INTO participants (session_id, user_id, role, added_at)
-           SELECT $1, u, r, $4 FROM unnest($2::text[], $3::text[]) AS t(u, r)""",
-        session_id, users, [p["role"] for p in payload["participants"]], now)
-    await conn.execute(
-        """INSERT INTO receipts (session_id, user_id)
-           SELECT $1, u FROM unnest($2::text[]) AS t(u)""", session_id, users)
 
 
 # ---- messages --------------------------------------------------------------------------------
@@ -147,44 +147,6 @@ async def find_by_client_ids(conn: asyncpg.Connection,
             StoredMessage(r["id"], r["seq"], r["body"], message_view(r)) for r in rows}
 
 
-async def insert_messages(conn: asyncpg.Connection, messages: list[dict]) -> None:
-    """Project ``message_sent`` events: message rows, session last_seq/activity, and the
-    sender's own read marker (sending moves it to the new message)."""
-    if not messages:
-        return
-    ids = [uuid.UUID(m["id"]) for m in messages]
-    sessions = [uuid.UUID(m["session_id"]) for m in messages]
-    seqs = [m["seq"] for m in messages]
-    senders = [m["sender_id"] for m in messages]
-    times = [datetime.fromisoformat(m["created_at"]) for m in messages]
-    await conn.execute(
-        """INSERT INTO messages (id, session_id, seq, sender_id, kind, body, client_msg_id,
-                                 created_at, attachment)
-           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
-                                $6::text[], $7::text[], $8::timestamptz[], $9::jsonb[])""",
-        ids, sessions, seqs, senders, [m["kind"] for m in messages],
-        [m["body"] for m in messages], [m["client_msg_id"] for m in messages], times,
-        [m["attachment"] for m in messages])
-    await conn.execute(
-        """UPDATE sessions s SET last_seq = GREATEST(s.last_seq, t.seq),
-                  last_message_seq = GREATEST(COALESCE(s.last_message_seq, 0), t.seq),
-                  last_activity_at = GREATEST(s.last_activity_at, t.at)
-           FROM (SELECT session_id, max(seq) AS seq, max(at) AS at
-                 FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(session_id, seq, at)
-                 GROUP BY session_id) t
-           WHERE s.id = t.session_id""",
-        sessions, seqs, times)
-    await conn.execute(
-        """INSERT INTO receipts AS r (session_id, user_id, delivered_seq, read_seq)
-           SELECT session_id, user_id, max(seq), max(seq)
-           FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(session_id, user_id, seq)
-           GROUP BY session_id, user_id
-           ON CONFLICT (session_id, user_id) DO UPDATE
-             SET delivered_seq = GREATEST(r.delivered_seq, EXCLUDED.delivered_seq),
-                 read_seq = GREATEST(r.read_seq, EXCLUDED.read_seq)""",
-        sessions, senders, seqs)
-
-
 async def fetch_messages(conn: asyncpg.Connection, session_id: uuid.UUID, *,
                          before_seq: int | None, after_seq: int | None, limit: int
                          ) -> tuple[list[dict], bool]:
@@ -212,6 +174,46 @@ async def fetch_stream(conn: asyncpg.Connection, session_id: uuid.UUID, after_se
            WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3""",
         session_id, after_seq, limit + 1)
     return rows[:limit], len(rows) > limit
+
+
+async def load_message_refs(conn: asyncpg.Connection, message_ids: list[uuid.UUID]
+                            ) -> dict[uuid.UUID, domain.MessageRef]:
+    if not message_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT id, session_id, seq, sender_id, deleted FROM messages WHERE id = ANY($1::uuid[])",
+        message_ids)
+    return {r["id"]: domain.MessageRef(r["id"], r["session_id"], r["seq"], r["sender_id"],
+                                       r["deleted"]) for r in rows}
+
+
+async def load_markers(conn: asyncpg.Connection, keys: list[tuple[uuid.UUID, str]]
+                       ) -> dict[tuple[uuid.UUID, str], domain.Markers]:
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        """SELECT r.session_id, r.user_id, r.delivered_seq, r.read_seq FROM receipts r
+           JOIN unnest($1::uuid[], $2::text[]) AS k(s, u) ON r.session_id = k.s
+                                                         AND r.user_id = k.u""",
+        [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["session_id"], r["user_id"]): domain.Markers(r["delivered_seq"], r["read_seq"])
+            for r in rows}
+
+
+async def erase_message_payload(conn: asyncpg.Connection, session_id: uuid.UUID, seq: int
+                                ) -> None:
+    """Redaction: the stored ``message_sent`` keeps its place but loses body and attachment."""
+    await conn.execute(
+        """UPDATE events SET payload = jsonb_set(payload, '{message}',
+                  (payload->'message') || '{"body": null, "attachment": null, "deleted": true}')
+           WHERE stream_id = $1 AND version = $2 AND type = 'message_sent'""",
+        session_id, seq)
+
+
+async def append_admin_access(conn: asyncpg.Connection, event: NewEvent) -> None:
+    async with conn.transaction():
+        await lock_appends(conn)
+        await append_events(conn, [event])
 
 
 # ---- session views ---------------------------------------------------------------------------
@@ -262,10 +264,18 @@ def _json_message(data: dict) -> dict:
     }
 
 
-async def list_session_ids(conn: asyncpg.Connection, user_id: str, limit: int,
+async def list_session_ids(conn: asyncpg.Connection, user_id: str | None, limit: int,
                            after: tuple[datetime, uuid.UUID] | None
                            ) -> list[tuple[uuid.UUID, datetime]]:
-    """The user's sessions, newest activity first, keyset-paged by (activity, id)."""
+    """The user's sessions (every session for None), newest activity first, keyset-paged by
+    (activity, id)."""
+    if user_id is None:
+        rows = await conn.fetch(
+            """SELECT id, last_activity_at FROM sessions
+               WHERE ($2::timestamptz IS NULL OR (last_activity_at, id) < ($2, $3))
+               ORDER BY last_activity_at DESC, id DESC LIMIT $1""",
+            limit, after[0] if after else None, after[1] if after else None)
+        return [(r["id"], r["last_activity_at"]) for r in rows]
     if after is None:
         rows = await conn.fetch(
             """SELECT s.id, s.last_activity_at FROM participants p JOIN sessions s

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
 from uuid import UUID
 
 from pydantic import Field, model_validator
 
 from .base import Contract
 from .fields import MAX_PARTICIPANTS, ClientMsgId, MessageBody, Seq, Title, UserId
+from .wire import Attachment
 
 
 class CreateSession(Contract):
@@ -24,9 +26,11 @@ class GetSession(Contract):
 
 
 class ListSessions(Contract):
+    """The caller's sessions; ``all`` (admins only) lists every session."""
     TYPE = "messaging.list_sessions"
     limit: int = Field(default=50, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=200)
+    all: bool = False
 
 
 class SendMessage(Contract):
@@ -66,6 +70,52 @@ class JoinSession(Contract):
     backlog_limit: int = Field(default=1000, ge=1, le=1000)
 
 
+class MarkReceipt(Contract):
+    """Move the caller's delivered or read marker forward (a read marker also covers
+    delivered). ``up_to_seq`` or ``message_id`` names the point."""
+    TYPE = "messaging.mark_receipt"
+    session_id: UUID | None = None
+    message_id: UUID | None = None
+    marker: Literal["delivered", "read"]
+    up_to_seq: Seq | None = None
+
+    @model_validator(mode="after")
+    def _one_point(self):
+        if (self.message_id is None) == (self.session_id is None or self.up_to_seq is None):
+            raise ValueError("give session_id and up_to_seq, or message_id")
+        return self
+
+
+class DeleteMessage(Contract):
+    TYPE = "messaging.delete_message"
+    message_id: UUID
+
+
+class AddParticipant(Contract):
+    TYPE = "messaging.add_participant"
+    session_id: UUID
+    user_id: UserId
+
+
+class RemoveParticipant(Contract):
+    TYPE = "messaging.remove_participant"
+    session_id: UUID
+    user_id: UserId
+
+
+class SendAttachmentMessage(Contract):
+    """Sent by the media service once an upload's objects and metadata are stored: messaging
+    appends the ``message_sent`` (kind voice, image or file). Idempotent by (session, sender,
+    client_msg_id): a retry with the same attachment id returns the stored message."""
+    TYPE = "messaging.send_attachment_message"
+    session_id: UUID
+    message_id: UUID
+    client_msg_id: ClientMsgId
+    kind: Literal["voice", "image", "file"]
+    attachment: Attachment
+
+
 MESSAGING_COMMANDS: tuple[type[Contract], ...] = (
     CreateSession, GetSession, ListSessions, SendMessage, GetMessages, GetEvents, JoinSession,
+    MarkReceipt, DeleteMessage, AddParticipant, RemoveParticipant, SendAttachmentMessage,
 )

@@ -4,7 +4,8 @@ Wire format of one AMQP message body (``content_type: application/json``)::
 
     [ {"message_id": uuid, "type": str, "version": int, "occurred_at": rfc3339,
        "correlation_id": str|null, "causation_id": str|null,
-       "actor": {"user_id": str, "role": str}|null, "payload": {...}}, ... ]
+       "actor": {"user_id": str, "role": str}|null, "payload": {...},
+       "recipients"?: [user_id, ...]}, ... ]
 
 A body is always a JSON array: batching several envelopes into one AMQP message is how every
 hop keeps its broker message count low. Each envelope keeps its own id, actor and correlation id,
@@ -42,6 +43,9 @@ class Envelope(BaseModel):
     causation_id: str | None = None
     actor: Actor | None = None
     payload: dict[str, Any]
+    # Routing metadata of some events: users to reach beyond the session's joined sockets
+    # (a new message's other participants, for notifications; an added or removed user).
+    recipients: list[UserId] | None = None
 
 
 def new_envelope(type_: str, version: int, payload: dict[str, Any], *,

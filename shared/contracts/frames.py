@@ -187,4 +187,43 @@ def frame_from_event(event_type: str, payload: dict[str, Any]) -> dict[str, Any]
     if event_type in ("messages_delivered", "messages_read"):
         return {"type": event_type, "session_id": payload["session_id"],
                 "user_id": payload["user_id"], "up_to_seq": payload["up_to_seq"]}
+    # Presence (not stream events: no seq; see ``shared.contracts.presence``).
+    if event_type in ("typing_start", "typing_stop", "user_joined", "user_left"):
+        return {"type": event_type, "session_id": payload["session_id"],
+                "user_id": payload["user_id"]}
+    if event_type == "online_users":
+        return {"type": "online_users", "session_id": payload["session_id"],
+                "user_ids": payload["online"]}
+    if event_type == "presence_changed":
+        return {"type": "presence_changed", "user_id": payload["user_id"],
+                "status": payload["status"], "last_seen": payload["last_seen"]}
     return None
+
+
+NOTIFICATION_PREVIEW = 100
+
+
+def user_frame(event_type: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The frame a user gets about a session their socket has not joined: a ``notification``
+    for a new message (SPEC capability 9), the membership frame when they were added or
+    removed; None for everything else."""
+    if event_type == "message_sent":
+        message = payload["message"]
+        return {"type": "notification", "session_id": payload["session_id"],
+                "message": {"id": message["id"], "seq": message["seq"],
+                            "sender_id": message["sender_id"], "kind": message["kind"],
+                            "preview": preview(message)}}
+    if event_type in ("participant_added", "participant_removed"):
+        return frame_from_event(event_type, payload)
+    if event_type == "presence_changed":  # about a user, not a session: every connection
+        return frame_from_event(event_type, payload)
+    return None
+
+
+def preview(message: dict[str, Any]) -> str:
+    """At most 100 characters: the text, else what the attachment is."""
+    if message.get("body"):
+        return message["body"][:NOTIFICATION_PREVIEW]
+    attachment = message.get("attachment") or {}
+    label = {"voice": "Voice message", "image": "Photo"}.get(message.get("kind", ""))
+    return (label or attachment.get("filename") or "Attachment")[:NOTIFICATION_PREVIEW]

@@ -24,6 +24,12 @@ class ListSessionsQuery(Contract):
     TYPE = "http.list_sessions_query"
     limit: int = Field(default=50, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=200)
+    all: bool = False
+
+
+class AddParticipantBody(Contract):
+    TYPE = "http.add_participant"
+    user_id: UserId
 
 
 class MessagesQuery(Contract):
@@ -51,5 +57,6 @@ class ErrorBody(Contract):
 
 
 HTTP_BODIES: tuple[type[Contract], ...] = (
-    CreateSessionBody, SendMessageBody, ListSessionsQuery, MessagesQuery, EventsQuery, ErrorBody,
+    CreateSessionBody, SendMessageBody, ListSessionsQuery, AddParticipantBody, MessagesQuery,
+    EventsQuery, ErrorBody,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from .audit import AUDIT_CONTRACTS
 from .base import Contract
 from .commands import MESSAGING_COMMANDS
 from .envelope import Envelope
@@ -15,6 +16,8 @@ from .errors import ErrorCode, ServiceError
 from .events import EVENTS
 from .frames import CLIENT_FRAMES, SERVER_FRAMES
 from .http import HTTP_BODIES
+from .media import MEDIA_COMMANDS, MEDIA_EVENTS
+from .presence import PRESENCE_COMMANDS, PRESENCE_EVENTS
 from .wire import Attachment, Message, Participant, Receipt, Session
 
 REGISTRY: dict[str, type[Contract]] = {}
@@ -31,6 +34,9 @@ def register(*classes: type[Contract]) -> None:
 
 register(*MESSAGING_COMMANDS, *EVENTS, *HTTP_BODIES,
          Attachment, Message, Participant, Receipt, Session)
+register(*AUDIT_CONTRACTS)
+register(*MEDIA_COMMANDS, *MEDIA_EVENTS)
+register(*PRESENCE_COMMANDS, *PRESENCE_EVENTS)
 # Frames are keyed by their wire ``type`` in two maps: typing_start exists in both directions.
 CLIENT_FRAMES_BY_TYPE: dict[str, type[Contract]] = {cls.TYPE: cls for cls in CLIENT_FRAMES}
 SERVER_FRAMES_BY_TYPE: dict[str, type[Contract]] = {cls.TYPE: cls for cls in SERVER_FRAMES}

@@ -53,6 +53,7 @@ from .report import render
 DEFAULT_MESSAGES_PER_S, DEFAULT_MESSAGES_BURST = 10.0, 20
 DEFAULT_FRAMES_PER_S, DEFAULT_FRAMES_BURST = 50.0, 200
 IDLE_SETTLE_S = 2.0  # after the last join, before the idle memory reading
+BACKING = {"rabbitmq": ("beam.smp",), "postgres": ("postgres",)}
 
 
 def log(text: str) -> None:
@@ -88,6 +89,8 @@ class Sampler:
                 sample[name] = {"cpu_s": procstat.cpu_seconds(pid), **procstat.memory_kb(pid)}
             except (FileNotFoundError, ProcessLookupError):
                 sample[name] = None
+        for name, commands in BACKING.items():
+            sample[name] = {"cpu_s": procstat.cpu_seconds_by_command(commands)}
         self.samples[phase] = sample
         return sample
 
@@ -111,13 +114,17 @@ class Sampler:
             return {}
         wall = b["t"] - a["t"]
         out: dict = {"wall_s": round(wall, 2)}
-        for name in self.processes:
+        for name in [*self.processes, *BACKING]:
             if a.get(name) and b.get(name):
                 out[f"{name}_pct"] = round(100 * (b[name]["cpu_s"] - a[name]["cpu_s"]) / wall, 1)
         busy = b["machine"]["busy_s"] - a["machine"]["busy_s"]
         total = b["machine"]["total_s"] - a["machine"]["total_s"]
         out["machine_busy_pct_of_all_cores"] = round(100 * busy / total, 1) if total else None
         out["cores"] = os.cpu_count()
+        # What the machine did besides these processes (other work on a shared machine).
+        ours = sum(v for k, v in out.items() if k.endswith("_pct") and k != "other_pct")
+        if total:
+            out["other_pct"] = round(100 * busy / wall - ours, 1)
         return out
 
 
@@ -160,9 +167,9 @@ async def run_loadgen(args: argparse.Namespace, stack: Stack, gateway: ServicePr
                     proc.stdin.write(b"go\n")
                     await proc.stdin.drain()
                 elif phase == "window_start" and args.profile:
-                    for name, service in (("gateway", gateway), ("messaging", messaging)):
+                    for name, pid in sampler.processes.items():
                         out = outdir / f"profile-{name}.txt"
-                        started = await profiling.record(service.proc.pid, args.duration, out)
+                        started = await profiling.record(pid, args.duration, out)
                         if started is not None:
                             profiles[name] = (started, out)
             await proc.wait()
@@ -265,7 +272,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--open-concurrency", type=int, default=100,
                         help="WebSocket handshakes in flight at once (default 100)")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy both services during the window (costs CPU)")
+                        help="py-spy the services and the generator in the window (costs CPU)")
     parser.add_argument("--out", help="JSON file (default var/bench/bench-<stamp>.json and "
                                       "var/bench/latest.json)")
     args = parser.parse_args(argv)

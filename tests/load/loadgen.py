@@ -9,7 +9,8 @@
    ``hello``, joins the user's session and waits for the ack and ``joined``.
 3. Sends ``send_message`` frames at a fixed aggregate rate, spread evenly over every user, for
    warm-up + duration seconds. The schedule is open loop: send k is due at ``t0 + k/rate``
-   whatever happened to earlier sends; one scheduler coroutine writes every frame that is due.
+   whatever happened to earlier sends; one scheduler coroutine wakes every millisecond and
+   writes every frame that is due (``send_lag_ms`` tells how late they went out).
 4. Waits (at most ``--drain`` s) for the acks and deliveries still owed, then closes.
 
 Every frame is recorded by ``tally.Tally`` (read it for what is checked and measured). The
@@ -37,6 +38,7 @@ from .procstat import raise_fd_limit
 from .tally import NS, Peer, Tally, percentiles_ms
 
 now_ns = time.monotonic_ns
+TICK_S = 0.001  # the scheduler wakes at most this often and sends every frame that is due
 
 
 def log(text: str) -> None:
@@ -90,8 +92,8 @@ class Phases:
 class Client:
     """One user's WebSocket. ``reader`` turns every frame into a ``Tally`` event."""
 
-    __slots__ = ("peer", "token", "session_id", "ws", "hello", "joined", "closed", "tally",
-                 "reader_task")
+    __slots__ = ("peer", "token", "session_id", "ws", "hello", "joined", "closed", "stopping",
+                 "tally", "reader_task")
 
     def __init__(self, peer: Peer, token: str, tally: Tally):
         self.peer = peer
@@ -104,6 +106,7 @@ class Client:
         for fut in (self.hello, self.joined):  # a failure nobody awaits any more is fine
             fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.closed = False
+        self.stopping = False  # we close it: how it ends is no finding
         self.tally = tally
         self.reader_task: asyncio.Task | None = None
 
@@ -158,7 +161,7 @@ class Client:
             tally.error("client_exception", {"error": repr(exc)})
         finally:
             self.closed = True
-            if ws.close_code not in (None, 1000) or not ws.closed:
+            if not self.stopping:
                 tally.error(f"closed:{ws.close_code}", {"user": peer.user_id,
                                                         "close_code": ws.close_code})
             for fut in (self.hello, self.joined):
@@ -259,7 +262,8 @@ async def send_all(clients: list[Client], tally: Tally, rate: float, warmup: flo
                 except (ConnectionError, RuntimeError) as exc:
                     tally.error("send_failed", {"error": repr(exc)[:200]}, k)
             k += 1
-        await asyncio.sleep(max(0.0, (t0 + k * interval - now_ns()) / NS))
+        # At least a tick: shorter timers round to 0 ms in uvloop and the loop would spin.
+        await asyncio.sleep(max(TICK_S, (t0 + k * interval - now_ns()) / NS))
     while marks:  # the window ends after the last send is due
         await asyncio.sleep(max(0.0, (marks[0][0] - now_ns()) / NS))
         phases.mark(marks.pop(0)[1])
@@ -282,7 +286,7 @@ async def close_all(clients: list[Client], concurrency: int) -> None:
     async def one(client: Client) -> None:
         if client.ws is None:
             return
-        client.closed = True
+        client.closed = client.stopping = True
         async with gate:
             try:
                 await asyncio.wait_for(client.ws.close(), 5)

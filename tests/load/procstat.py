@@ -30,6 +30,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def cpu_seconds_by_command(commands: tuple[str, ...]) -> float:
+    """CPU time of every process whose command name is one of ``commands`` (e.g. the backing
+    servers: ``beam.smp`` for RabbitMQ, ``postgres``). Processes that ended are not counted."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as comm:
+                if comm.read().strip() not in commands:
+                    continue
+            total += cpu_seconds(int(entry))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
 @dataclass
 class MachineCpu:
     busy_s: float

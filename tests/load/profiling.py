@@ -1,8 +1,10 @@
 """Optional sampling profiles of the services while the bench measures (``bench --profile``).
 
 ``py-spy record --format raw`` writes collapsed stacks (``frame;frame;... count``). From them
-we report the functions with the most samples on top of the stack (self) and anywhere in it
-(inclusive), as a share of all samples taken while the process was busy. Profiling costs CPU
+we report the functions with the most samples on top of the stack (self), anywhere in it
+(inclusive), and the project's own functions (``services/``, ``shared/``) anywhere in it, as a
+share of all samples taken while the process was busy (``--rate`` samples/s; idle time is not
+sampled). Time spent in the event loop's C code shows as ``Runner.run``. Profiling costs CPU
 on a small machine, so numbers from a profiled run are not the headline numbers.
 """
 
@@ -64,14 +66,16 @@ def summarize(path: Path, top: int = 15) -> dict:
         n = int(count)
         total += n
         frames = [_short(f) for f in stack.split(";") if f]
-        # py-spy puts the thread name first; the leaf frame is last.
-        if frames:
+        if frames:  # the leaf frame is last
             own[frames[-1]] += n
-        for name in set(frames[1:]):
+        for name in set(frames):
             inclusive[name] += n
 
     def share(counter: Counter[str]) -> list[dict]:
         return [{"function": name, "samples": n, "pct": round(100 * n / total, 1)}
                 for name, n in counter.most_common(top)]
 
-    return {"samples": total, "self": share(own), "inclusive": share(inclusive)}
+    ours = Counter({name: n for name, n in inclusive.items()
+                    if "(services/" in name or "(shared/" in name})
+    return {"samples": total, "self": share(own), "inclusive": share(inclusive),
+            "project_inclusive": share(ours)}

@@ -49,10 +49,15 @@ def render(report: dict) -> str:
             lines.append(f"{label} ({cpu['wall_s']} s, {cpu['cores']} cores; 100% = one core): "
                          f"gateway {cpu.get('gateway_pct')}%  messaging "
                          f"{cpu.get('messaging_pct')}%  loadgen {cpu.get('loadgen_pct')}%  "
-                         f"machine busy {cpu.get('machine_busy_pct_of_all_cores')}% of all cores")
+                         f"rabbitmq {cpu.get('rabbitmq_pct')}%  postgres "
+                         f"{cpu.get('postgres_pct')}%  other {cpu.get('other_pct')}%; machine "
+                         f"busy {cpu.get('machine_busy_pct_of_all_cores')}% of all cores")
     for name, prof in (report.get("profiles") or {}).items():
         lines.append(f"profile {name}: {prof.get('samples')} samples; top self:")
         for row in (prof.get("self") or [])[:10]:
+            lines.append(f"    {row['pct']:5.1f}%  {row['function']}")
+        lines.append(f"  {name}: project functions, inclusive:")
+        for row in (prof.get("project_inclusive") or [])[:10]:
             lines.append(f"    {row['pct']:5.1f}%  {row['function']}")
     for name, found in (report.get("service_logs") or {}).items():
         if found["lines"]:

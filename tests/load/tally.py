@@ -69,8 +69,8 @@ class Tally:
         self.duplicates = 0
         self.seq_gaps = 0
         self.seq_regressions = 0
-        self.unique_received = 0  # first receipts, echoes included
-        self.expected = 0  # receipts owed for acked messages, echoes included
+        self.receipts: list[int] = []  # k -> connections that received it (echo included)
+        self.owed = 0  # receipts still owed for acked messages
         self.acked = 0
         self.latencies: list[int] = []
         self.send_lag: list[int] = []
@@ -83,6 +83,7 @@ class Tally:
         self.sender = senders
         self.send_ns = [0] * len(senders)
         self.ack_ns = [0] * len(senders)
+        self.receipts = [0] * len(senders)
 
     # ---- events, in the receive path: keep them cheap --------------------------------------
 
@@ -99,7 +100,7 @@ class Tally:
             return
         self.ack_ns[k] = now
         self.acked += 1
-        self.expected += len(self.members[self.peers[self.sender[k]].session])
+        self.owed += len(self.members[self.peers[self.sender[k]].session]) - self.receipts[k]
         if self.window_start <= now < self.window_end:
             self.acks_in_window += 1
 
@@ -116,7 +117,9 @@ class Tally:
             self.duplicates += 1
             return
         peer.seen.add(k)
-        self.unique_received += 1
+        self.receipts[k] += 1
+        if self.ack_ns[k]:
+            self.owed -= 1
         if self.sender[k] == peer.idx:
             return  # the sender's echo: checked for once-only, not part of the latency
         if self.window_start <= now < self.window_end:
@@ -126,8 +129,7 @@ class Tally:
 
     def outstanding(self) -> int:
         """Acks and receipts still owed (0: nothing more is expected)."""
-        return max(0, self.sent - self.acked - len(self.failed)) + max(0, self.expected
-                                                                 - self.unique_received)
+        return max(0, self.sent - self.acked - len(self.failed)) + max(0, self.owed)
 
     # ---- the end ---------------------------------------------------------------------------
 

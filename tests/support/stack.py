@@ -96,12 +96,18 @@ class Stack:
             "CHAT_MEDIA_DATABASE_URL": self.backends.database_url("media"),
             "CHAT_AUDIT_DATABASE_URL": self.backends.database_url("audit"),
             "CHAT_REDIS_URL": self.backends.redis_url,
+            # Test runs share one Redis: each keeps its presence keys apart.
+            "CHAT_PRESENCE_KEY_PREFIX": self.presence_prefix,
             "CHAT_JWT_SECRET": JWT_SECRET,
             "CHAT_LOG_LEVEL": "info",
             "CHAT_RPC_TIMEOUT_S": "5",
             "CHAT_SHUTDOWN_GRACE_S": "5",
         })
         return env
+
+    @property
+    def presence_prefix(self) -> str:
+        return f"t{self.backends.run_id}:presence:"
 
     @property
     def url(self) -> str:

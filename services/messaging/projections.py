@@ -1,0 +1,195 @@
+"""Projections of the event store: sessions, participants, messages, receipts.
+
+``apply`` is the only code that writes projection rows. The live path calls it in the same
+transaction as the append; ``rebuild`` replays every event through it, so a rebuild gives the
+same rows as the live path by construction. Consecutive events of one type are applied with one
+statement each (the hot path, ``message_sent``, is a few ``unnest`` statements per batch).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from itertools import groupby
+from typing import Protocol
+
+import asyncpg
+
+PROJECTION_TABLES = ("receipts", "messages", "participants", "sessions")
+
+
+class Event(Protocol):
+    type: str
+    payload: dict
+    version: int | None
+    occurred_at: datetime
+
+
+async def apply(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+    for type_, run in groupby(events, key=lambda e: e.type):
+        handler = APPLIERS.get(type_)
+        if handler is not None:
+            await handler(conn, list(run))
+
+
+async def session_created(conn, events) -> None:
+    for event in events:
+        p = event.payload
+        session_id = uuid.UUID(p["session_id"])
+        await conn.execute(
+            """INSERT INTO sessions (id, title, created_by, created_at, last_seq,
+                                     last_activity_at)
+               VALUES ($1, $2, $3, $4, 0, $4)""",
+            session_id, p["title"], p["created_by"], event.occurred_at)
+        users = [x["user_id"] for x in p["participants"]]
+        await conn.execute(
+            """INSERT INTO participants (session_id, user_id, role, added_at)
+               SELECT $1, u, r, $4 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY
+                      AS t(u, r, n) ORDER BY n""",
+            session_id, users, [x["role"] for x in p["participants"]], event.occurred_at)
+        await conn.execute(
+            """INSERT INTO receipts (session_id, user_id)
+               SELECT $1, u FROM unnest($2::text[]) AS t(u)""", session_id, users)
+
+
+async def message_sent(conn, events) -> None:
+    """Message rows, the session's last_seq / last message / activity, and the sender's own
+    markers (sending moves them to the new message)."""
+    messages = [e.payload["message"] for e in events]
+    ids = [uuid.UUID(m["id"]) for m in messages]
+    sessions = [uuid.UUID(m["session_id"]) for m in messages]
+    seqs = [m["seq"] for m in messages]
+    senders = [m["sender_id"] for m in messages]
+    times = [e.occurred_at for e in events]
+    await conn.execute(
+        """INSERT INTO messages (id, session_id, seq, sender_id, kind, body, client_msg_id,
+                                 created_at, deleted, attachment)
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
+                                $6::text[], $7::text[], $8::timestamptz[], $9::bool[],
+                                $10::jsonb[])""",
+        ids, sessions, seqs, senders, [m["kind"] for m in messages],
+        [m["body"] for m in messages], [m["client_msg_id"] for m in messages], times,
+        [bool(m.get("deleted")) for m in messages], [m["attachment"] for m in messages])
+    await conn.execute(
+        """UPDATE sessions s SET last_seq = GREATEST(s.last_seq, t.seq),
+                  last_message_seq = GREATEST(COALESCE(s.last_message_seq, 0), t.seq),
+                  last_activity_at = GREATEST(s.last_activity_at, t.at)
+           FROM (SELECT session_id, max(seq) AS seq, max(at) AS at
+                 FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(session_id, seq, at)
+                 GROUP BY session_id) t
+           WHERE s.id = t.session_id""",
+        sessions, seqs, times)
+    await _move_markers(conn, sessions, senders, seqs, seqs)
+
+
+async def message_deleted(conn, events) -> None:
+    for event in events:
+        p = event.payload
+        session_id = uuid.UUID(p["session_id"])
+        await conn.execute(
+            """UPDATE messages SET deleted = true, body = NULL, attachment = NULL
+               WHERE id = $1""", uuid.UUID(p["message_id"]))
+        await _bump_seq(conn, session_id, p["seq"])
+
+
+async def participant_added(conn, events) -> None:
+    for event in events:
+        p = event.payload
+        session_id = uuid.UUID(p["session_id"])
+        await conn.execute(
+            """INSERT INTO participants (session_id, user_id, role, added_at)
+               VALUES ($1, $2, $3, $4)""", session_id, p["user_id"], p["role"], event.occurred_at)
+        # A newcomer sees the history but owes no reading of it.
+        await conn.execute(
+            """INSERT INTO receipts (session_id, user_id, delivered_seq, read_seq)
+               VALUES ($1, $2, $3, $3)
+               ON CONFLICT (session_id, user_id) DO UPDATE
+                 SET delivered_seq = EXCLUDED.delivered_seq, read_seq = EXCLUDED.read_seq""",
+            session_id, p["user_id"], p["seq"])
+        await _bump_seq(conn, session_id, p["seq"])
+
+
+async def participant_removed(conn, events) -> None:
+    for event in events:
+        p = event.payload
+        session_id = uuid.UUID(p["session_id"])
+        await conn.execute("DELETE FROM participants WHERE session_id = $1 AND user_id = $2",
+                           session_id, p["user_id"])
+        await conn.execute("DELETE FROM receipts WHERE session_id = $1 AND user_id = $2",
+                           session_id, p["user_id"])
+        if p.get("new_owner"):
+            await conn.execute(
+                """UPDATE participants SET role = 'owner'
+                   WHERE session_id = $1 AND user_id = $2""", session_id, p["new_owner"])
+        await _bump_seq(conn, session_id, p["seq"])
+
+
+async def messages_delivered(conn, events) -> None:
+    await _move_markers(conn, *_marker_columns(events), read=None)
+
+
+async def messages_read(conn, events) -> None:
+    sessions, users, seqs = _marker_columns(events)
+    await _move_markers(conn, sessions, users, seqs, seqs)
+
+
+def _marker_columns(events):
+    return ([uuid.UUID(e.payload["session_id"]) for e in events],
+            [e.payload["user_id"] for e in events], [e.payload["up_to_seq"] for e in events])
+
+
+async def _move_markers(conn, sessions, users, delivered, read) -> None:
+    """Markers only move forward; a read marker also covers delivered."""
+    await conn.execute(
+        """INSERT INTO receipts AS r (session_id, user_id, delivered_seq, read_seq)
+           SELECT session_id, user_id, max(d), COALESCE(max(rd), 0)
+           FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[]) AS u(session_id, user_id,
+                                                                        d, rd)
+           GROUP BY session_id, user_id
+           ON CONFLICT (session_id, user_id) DO UPDATE
+             SET delivered_seq = GREATEST(r.delivered_seq, EXCLUDED.delivered_seq),
+                 read_seq = GREATEST(r.read_seq, EXCLUDED.read_seq)""",
+        sessions, users, delivered, read if read is not None else [None] * len(sessions))
+
+
+async def _bump_seq(conn, session_id: uuid.UUID, seq: int) -> None:
+    await conn.execute("UPDATE sessions SET last_seq = GREATEST(last_seq, $2) WHERE id = $1",
+                       session_id, seq)
+
+
+APPLIERS = {
+    "session_created": session_created,
+    "message_sent": message_sent,
+    "message_deleted": message_deleted,
+    "participant_added": participant_added,
+    "participant_removed": participant_removed,
+    "messages_delivered": messages_delivered,
+    "messages_read": messages_read,
+}
+
+
+class _StoredEvent:
+    __slots__ = ("type", "payload", "version", "occurred_at")
+
+    def __init__(self, row):
+        self.type, self.payload = row["type"], row["payload"]
+        self.version, self.occurred_at = row["version"], row["occurred_at"]
+
+
+async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
+    """Empty the projections and replay every event in commit order; returns the count.
+    Runs in one transaction holding the append lock, so no write interleaves."""
+    from .store import lock_appends
+    async with conn.transaction():
+        await lock_appends(conn)
+        await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
+        position, count = 0, 0
+        while True:
+            rows = await conn.fetch(
+                """SELECT position, type, payload, version, occurred_at FROM events
+                   WHERE position > $1 ORDER BY position LIMIT $2""", position, batch)
+            if not rows:
+                return count
+            await apply(conn, [_StoredEvent(r) for r in rows])
+            position, count = rows[-1]["position"], count + len(rows)
