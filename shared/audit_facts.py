@@ -85,12 +85,12 @@ class FactPublisher:
         BROKER_PUBLISH_FAILURES.labels("audit_facts").inc()
         log.error("audit_facts_dropped", facts=len(batch), why="broker unavailable")
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, grace_s: float = 5.0) -> None:
         """Send what is pending and wait (bounded) for the publishes in flight."""
         if self._flush is not None:
             self._flush.cancel()
         self._send_now()
         if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+            _, late = await asyncio.wait(set(self._tasks), timeout=grace_s)
             for task in late:
                 task.cancel()

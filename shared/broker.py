@@ -36,6 +36,7 @@ from aio_pika.abc import (
 
 from .contracts.envelope import Envelope, decode_batch, encode_batch
 from .contracts.errors import ServiceError, unavailable
+from . import faults
 from .logging import get_logger
 from .metrics import (
     BATCH_SIZE,
@@ -387,6 +388,7 @@ class _BatchWorker:
         started = time.perf_counter()
         results = await self.handler(envelopes)
         HANDLER_SECONDS.labels(self.queue_name).observe(time.perf_counter() - started)
+        faults.crash_point("crash_after_commit")
         offset = 0
         for message, envs in decoded:
             await self.broker.reply(message, results[offset:offset + len(envs)])

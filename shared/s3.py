@@ -179,3 +179,71 @@ class ObjectStore:
         """A signed GET URL on the public address (no network call: the region is set)."""
         return self.public.presigned_get_object(self.bucket, key, expires=ttl,
                                                 response_headers=dict(response_headers or {}))
+
+
+class StreamPipe:
+    """A file-like object that a worker thread reads (``put_stream``) while the event loop
+    feeds it chunk by chunk, with back-pressure (at most ``depth`` chunks wait).
+
+    Loop side: ``await put(chunk)``, then ``await finish()``; ``fail(exc)`` makes the reader
+    raise (the multipart upload is aborted); ``abort()`` (when the reader is gone) unblocks
+    the feeder, whose next ``put`` raises ``BrokenPipeError``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, timeout_s: float, depth: int = 16):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue(depth)
+        self._timeout_s = timeout_s
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._eof = False
+        self._closed = False
+
+    # ---- event loop side ------------------------------------------------------------------
+
+    async def put(self, chunk: bytes) -> None:
+        if self._closed:
+            raise BrokenPipeError("the upload to storage has ended")
+        await self._queue.put(chunk)
+
+    async def finish(self) -> None:
+        if self._closed:
+            raise BrokenPipeError("the upload to storage has ended")
+        await self._queue.put(None)
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def fail(self, exc: BaseException) -> None:
+        self._drain()
+        self._queue.put_nowait(exc)
+
+    def abort(self) -> None:
+        self._closed = True
+        self._drain()
+
+    # ---- worker thread side ---------------------------------------------------------------
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._eof and (size < 0 or self._buffered < size):
+            future = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop)
+            try:
+                item = future.result(self._timeout_s)
+            except TimeoutError:
+                future.cancel()
+                raise OSError("upload stream stalled") from None
+            if item is None:
+                self._eof = True
+            elif isinstance(item, BaseException):
+                raise OSError("upload aborted") from item
+            else:
+                self._chunks.append(item)
+                self._buffered += len(item)
+        data = b"".join(self._chunks)
+        if 0 <= size < len(data):
+            data, rest = data[:size], data[size:]
+            self._chunks, self._buffered = [rest], len(rest)
+        else:
+            self._chunks, self._buffered = [], 0
+        return data

@@ -17,6 +17,7 @@ from .support.backends import (
     drop_databases_sync,
     local_servers,
     start_containers,
+    start_s3,
 )
 from .support.client import Api
 from .support.stack import Stack
@@ -28,6 +29,7 @@ _STACKS: list[Stack] = []
 def backends():
     with ExitStack() as stack:
         found: Backends = start_containers(stack) if docker_available() else local_servers()
+        start_s3(stack, found)
         create_vhost(found)
         try:
             yield found
@@ -47,6 +49,30 @@ async def stack(backends, tmp_path_factory):
     finally:
         await running.stop()
         _STACKS.remove(running)
+
+
+@pytest.fixture
+async def isolated_stack(backends, tmp_path):
+    """``await isolated_stack()`` -> a Stack with its own vhost and databases (not started);
+    for tests that kill processes or stop the broker. Stopped and removed afterwards."""
+    made: list[Stack] = []
+
+    async def make() -> Stack:
+        scope = f"x{uuid.uuid4().hex[:6]}"
+        running = Stack(backends, tmp_path / scope, scope=scope)
+        running.workdir.mkdir()
+        running.vhost = f"{backends.vhost}-{scope}"
+        backends.rabbitmqctl("add_vhost", running.vhost)
+        backends.rabbitmqctl("set_permissions", "-p", running.vhost, "guest", ".*", ".*", ".*")
+        made.append(running)
+        _STACKS.append(running)
+        return running
+
+    yield make
+    for running in made:
+        await running.stop()
+        _STACKS.remove(running)
+        backends.rabbitmqctl("delete_vhost", running.vhost)
 
 
 @pytest.fixture

@@ -29,9 +29,10 @@ log = get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
              asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError)
-# Everything that may be audited: the session streams (messaging, and media if it publishes
-# there), AuditFacts (``audit.<source>.<action>``) and media's own events.
-EVENT_BINDINGS = ("session.#", "audit.#", "attachment.#", "media.#")
+# Everything that may be audited: the session streams (messaging), media's events
+# (``attachment.<id>.<event>``) and AuditFacts (``audit.<source>.<action>``). Not ``user.#``:
+# presence changes are not state worth an audit entry.
+EVENT_BINDINGS = ("session.#", "attachment.#", "audit.#")
 
 
 def events_queue():

@@ -43,11 +43,13 @@ EVENT_ACTIONS: dict[str, tuple[str, str | None]] = {
     "message_deleted": ("message.deleted", "message_id"),
     "messages_read": ("receipt.read", "up_to_seq"),
     "session_accessed_by_admin": ("session.admin_access", "session_id"),
-    # Media's own events, should it publish them as domain events rather than AuditFacts.
+    # Media's events (routing key ``attachment.<id>.<event>``).
     "attachment_stored": ("attachment.stored", "attachment_id"),
     "attachment_rejected": ("attachment.rejected", "attachment_id"),
     "attachment_url_issued": ("attachment.url_issued", "attachment_id"),
 }
+# Events that record a refusal rather than a change.
+EVENT_OUTCOMES: dict[str, str] = {"attachment_rejected": "rejected"}
 # Where the actor is when an event has none in its envelope.
 _FALLBACK_ACTOR = ("created_by", "by", "user_id")
 
@@ -109,7 +111,7 @@ def draft_of(envelope: Envelope) -> Draft | None:
         actor_id = next((str(payload[k]) for k in _FALLBACK_ACTOR if payload.get(k)), None)
     return Draft(envelope.message_id, envelope.occurred_at, actor_id, actor_role, action,
                  _uuid_or_none(payload.get("session_id")), _field(payload, target_field),
-                 envelope.correlation_id, "ok")
+                 envelope.correlation_id, EVENT_OUTCOMES.get(envelope.type, "ok"))
 
 
 def _field(payload: dict, path: str | None) -> str | None:

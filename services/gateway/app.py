@@ -15,7 +15,7 @@ from shared.logging import configure_logging, get_logger
 from shared.ops import add_ops_routes
 from shared.settings import load_settings
 
-from . import api, api_audit, audit_events, presence, ws
+from . import api, api_audit, api_media, audit_events, presence, ws
 from .appkeys import AUTH, BROKER, HUB, RATE_MESSAGES, SETTINGS
 from .auth import Authenticator, mint_token
 from .errors import errors_middleware
@@ -51,7 +51,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_broker_ctx)
     app.cleanup_ctx.append(presence.presence_ctx)  # after the broker's: closes before it
     app.cleanup_ctx.append(audit_events.facts_ctx)  # after the broker's: flushed before it closes
-    for method, path, handler in (*api.ROUTES, *api_audit.ROUTES):
+    app.cleanup_ctx.append(api_media.media_ctx)
+    for method, path, handler in (*api.ROUTES, *api_audit.ROUTES, *api_media.ROUTES):
         app.router.add_route(method, path, handler)
     openapi = orjson.dumps(build_openapi())
     app.router.add_get("/api/openapi.json", lambda _: web.Response(

@@ -23,6 +23,8 @@ ERROR_STATUSES = {
     "403": "forbidden",
     "404": "not_found (also for sessions the caller is not in)",
     "409": "conflict",
+    "413": "too_large: the upload is over 10 MiB",
+    "415": "unsupported_media_type: a file type that is not allowed",
     "422": "invalid: schema violation",
     "429": "rate_limited (Retry-After)",
     "503": "unavailable (Retry-After)",
@@ -87,6 +89,8 @@ MESSAGE_ID = {"name": "message_id", "in": "path", "required": True,
 
 
 def build_openapi() -> dict[str, Any]:
+    from .openapi_media import media_paths  # it imports this module's helpers
+
     common = ("401", "422", "429", "503")
     return {
         "openapi": "3.1.0",
@@ -97,6 +101,7 @@ def build_openapi() -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
         "security": [{"bearer": []}],
         "paths": {
+            **media_paths(),
             "/api/chat/sessions": {
                 "post": {"summary": "Create a session (the caller is its owner)",
                          "requestBody": {"required": True, "content": {"application/json": {

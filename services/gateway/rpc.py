@@ -13,8 +13,8 @@ from .auth import Principal
 
 
 async def call(broker: Broker, command: Contract, principal: Principal,
-               correlation_id: str | None) -> Any:
+               correlation_id: str | None, *, timeout: float | None = None) -> Any:
     envelope = new_envelope(command.TYPE, command.VERSION, command.model_dump(mode="json"),
                             actor=principal.actor,
                             correlation_id=correlation_id or uuid.uuid4().hex)
-    return await broker.request(envelope, routing_key=command.TYPE)
+    return await broker.request(envelope, routing_key=command.TYPE, timeout=timeout)

@@ -6,10 +6,12 @@ from pydantic import Field, field_validator
 
 from shared.settings import CommonSettings
 
+from .media_settings import UploadSettings
+
 DEV_SECRET = "dev-only-secret-change-me-before-production"
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(UploadSettings, CommonSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8080, ge=0, le=65535)
 

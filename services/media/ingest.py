@@ -26,6 +26,7 @@ from pathlib import Path
 
 import asyncpg
 
+from shared import faults
 from shared.contracts.commands import SendAttachmentMessage
 from shared.contracts.envelope import Actor, Envelope, new_envelope
 from shared.contracts.errors import ErrorCode, ServiceError, unavailable
@@ -104,6 +105,7 @@ async def promote(cmd: IngestUpload, envelope: Envelope, previous, deps: Deps) -
         except StorageError as exc:
             log.warning("object_write_failed", error=str(exc), attachment_id=str(attachment_id))
             raise unavailable("file storage is unavailable") from None
+    faults.crash_point("media_crash_after_objects")
     now = deps.clock()
     async with deps.pool.acquire() as conn, conn.transaction():
         row = await store.mark_stored(
@@ -117,6 +119,7 @@ async def promote(cmd: IngestUpload, envelope: Envelope, previous, deps: Deps) -
                                "attachment_stored", 1, _fact(row, None), actor=actor,
                                correlation_id=envelope.correlation_id, now=now)
     deps.wake_outbox()
+    faults.crash_point("media_crash_after_stored")
     log.info("attachment_stored", attachment_id=str(attachment_id), kind=probed.kind,
              size=probed.size, correlation_id=envelope.correlation_id)
     return await complete(row, deps, envelope.correlation_id)

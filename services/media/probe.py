@@ -113,14 +113,18 @@ def probe_image(path: Path, expected: str, mime: str, limits: Limits, workdir: P
                 if width * height > limits.max_image_pixels or frames > limits.max_frames:
                     raise _bomb(width, height, limits)
                 img.load()
+                # One decoded copy of the pixels at a time: the orientation is applied in
+                # place, and the thumbnail is shrunk in place once the full image is saved.
                 if getattr(img, "is_animated", False):
                     _save_animated(img, out, expected)
+                    img.seek(0)
                     first = img.copy()
                 else:
-                    upright = ImageOps.exif_transpose(img) or img
-                    width, height = upright.size
-                    _save_still(upright, out, expected, img.info.get("icc_profile"))
-                    first = upright
+                    icc = img.info.get("icc_profile")
+                    ImageOps.exif_transpose(img, in_place=True)
+                    width, height = img.size
+                    _save_still(img, out, expected, icc)
+                    first = img
                 _save_thumbnail(first, thumb, limits.thumbnail_px)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb(0, 0, limits) from None
@@ -141,7 +145,7 @@ def _save_still(img: Image.Image, out: Path, fmt: str, icc: bytes | None) -> Non
     if fmt == "JPEG":
         if img.mode not in ("RGB", "L", "CMYK"):
             img = img.convert("RGB")
-        img.save(out, "JPEG", quality=90, optimize=True, **options)
+        img.save(out, "JPEG", quality=90, **options)
     elif fmt == "WEBP":
         img.save(out, "WEBP", quality=90, **options)
     elif fmt == "PNG":
@@ -158,7 +162,9 @@ def _save_animated(img: Image.Image, out: Path, fmt: str) -> None:
 
 
 def _save_thumbnail(img: Image.Image, out: Path, px: int) -> None:
-    thumb = img.copy()
+    """Shrinks ``img`` in place (the caller is done with it), then saves it as JPEG."""
+    thumb = img
+    thumb.thumbnail((px, px))
     if thumb.mode in ("RGBA", "LA", "P", "PA"):
         thumb = thumb.convert("RGBA")
         background = Image.new("RGB", thumb.size, (255, 255, 255))
@@ -166,7 +172,6 @@ def _save_thumbnail(img: Image.Image, out: Path, px: int) -> None:
         thumb = background
     elif thumb.mode != "RGB":
         thumb = thumb.convert("RGB")
-    thumb.thumbnail((px, px))
     thumb.save(out, "JPEG", quality=80)
 
 

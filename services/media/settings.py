@@ -24,5 +24,7 @@ class MediaSettings(S3Settings, CommonSettings):
     # Unfinished uploads older than this are completed or cleaned up by the sweeper.
     media_sweep_interval_s: float = Field(default=30.0, gt=0)
     media_stale_after_s: float = Field(default=300.0, gt=0)
+    # Quarantine objects no ingest took (a gateway or media that died) are deleted after this.
+    media_quarantine_ttl_s: float = Field(default=3600.0, gt=0)
     # Where uploads are staged while they are inspected (default: the system temp dir).
     media_work_dir: str | None = None

@@ -26,8 +26,10 @@ from .settings import MessagingSettings
 
 log = get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+# A store that is unreachable or restarting: retried, never dead-lettered.
 TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-             asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError)
+             asyncpg.OperatorInterventionError, asyncpg.TooManyConnectionsError,
+             asyncpg.ConnectionDoesNotExistError, TimeoutError)
 
 
 async def migrate(settings: MessagingSettings) -> None:

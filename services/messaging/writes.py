@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared import faults
 from shared.contracts.envelope import Envelope
 from shared.contracts.errors import ServiceError
 
@@ -59,6 +60,8 @@ async def send_messages(conn, writes: list[Write], results: list, now: datetime)
     stored = await store.find_by_client_ids(conn, keys)
     events = []
     for w, key in zip(writes, keys, strict=True):
+        if faults.poisoned(w.command.body):
+            raise RuntimeError("injected poison command")
         state = states.get(w.command.session_id)
         try:
             decision = domain.send_message(state, stored.get(key), w.command, w.envelope.actor,

@@ -30,8 +30,11 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def connect_redis(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url, decode_responses=True, socket_timeout=2,
-                             socket_connect_timeout=2, health_check_interval=10)
+    """A bounded pool: callers wait for a connection (at most 5 s) rather than fail."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=32, timeout=5, decode_responses=True, socket_timeout=2,
+        socket_connect_timeout=2, health_check_interval=10)
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def serve(settings: PresenceSettings, stop: asyncio.Event) -> None:
@@ -84,6 +87,7 @@ async def serve(settings: PresenceSettings, stop: asyncio.Event) -> None:
     await ops.cleanup()
     await broker.close()
     await redis.aclose()
+    await redis.connection_pool.disconnect()
     log.info("presence_stopped")
 
 

@@ -8,6 +8,7 @@ module only loads state, applies the decision and says who must hear about it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from .domain import OFFLINE, Rules
 from .store import NewConnection, PresenceStore
 
 log = get_logger(__name__)
+# Users whose commands are handled at once (each holds at most one Redis connection).
+CONCURRENT_USERS = 16
 EVENTS_PUBLISHED = Counter("chat_presence_events_total", "Presence events published", ["type"])
 
 
@@ -242,23 +245,45 @@ WITHOUT_ACTOR = (RenewLeases,)
 
 
 async def handle_commands(envelopes: list[Envelope], deps: Deps, out: Outbox) -> list[dict]:
-    """One result per envelope, in order; each command's error is its own."""
-    results = []
-    for env in envelopes:
-        try:
-            command = payload_of(env)
-            handler = COMMAND_HANDLERS.get(type(command))
-            if handler is None:
-                raise ServiceError(ErrorCode.INVALID, f"presence does not handle {env.type}")
-            if env.actor is None and type(command) not in WITHOUT_ACTOR:
-                raise ServiceError(ErrorCode.UNAUTHENTICATED, "command has no actor")
-            results.append(ok(await handler(command, env, deps, out)))
-        except ServiceError as exc:
-            if exc.code is not ErrorCode.NOT_FOUND:
-                log.info("command_refused", type=env.type, code=exc.code.value,
-                         reason=exc.message, correlation_id=env.correlation_id)
-            results.append(failed(exc))
+    """One result per envelope, in order; each command's error is its own.
+
+    Commands of different users touch different keys, so they run concurrently (their Redis
+    round trips overlap); each user's commands run in arrival order. Gateway heartbeats (no
+    actor) run first: they were built before anything that follows them in the batch.
+    """
+    results: list[dict | None] = [None] * len(envelopes)
+    by_user: dict[str, list[int]] = {}
+    for index, env in enumerate(envelopes):
+        if env.actor is None:
+            results[index] = await _handle_one(env, deps, out)
+        else:
+            by_user.setdefault(env.actor.user_id, []).append(index)
+
+    limit = asyncio.Semaphore(CONCURRENT_USERS)
+
+    async def run_user(indices: list[int]) -> None:
+        async with limit:
+            for index in indices:
+                results[index] = await _handle_one(envelopes[index], deps, out)
+
+    await asyncio.gather(*(run_user(indices) for indices in by_user.values()))
     return results
+
+
+async def _handle_one(env: Envelope, deps: Deps, out: Outbox) -> dict:
+    try:
+        command = payload_of(env)
+        handler = COMMAND_HANDLERS.get(type(command))
+        if handler is None:
+            raise ServiceError(ErrorCode.INVALID, f"presence does not handle {env.type}")
+        if env.actor is None and type(command) not in WITHOUT_ACTOR:
+            raise ServiceError(ErrorCode.UNAUTHENTICATED, "command has no actor")
+        return ok(await handler(command, env, deps, out))
+    except ServiceError as exc:
+        if exc.code is not ErrorCode.NOT_FOUND:
+            log.info("command_refused", type=env.type, code=exc.code.value,
+                     reason=exc.message, correlation_id=env.correlation_id)
+        return failed(exc)
 
 
 # ---- messaging's events: the membership projection -------------------------------------------

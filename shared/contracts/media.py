@@ -66,9 +66,17 @@ class AttachmentUrlIssued(_AttachmentFact):
     TYPE = "attachment_url_issued"
 
 
+class AttachmentQuery(Contract):
+    """``GET /api/chat/attachments/{id}`` query string."""
+    TYPE = "http.attachment_query"
+    thumbnail: bool = False
+    redirect: bool = True
+
+
 MEDIA_COMMANDS: tuple[type[Contract], ...] = (IngestUpload, GetAttachmentUrl)
 MEDIA_EVENTS: tuple[type[Contract], ...] = (AttachmentStored, AttachmentRejected,
                                             AttachmentUrlIssued)
+MEDIA_CONTRACTS = (*MEDIA_COMMANDS, *MEDIA_EVENTS, AttachmentQuery)
 QUARANTINE_PREFIX = "quarantine/"
 
 

@@ -16,7 +16,7 @@ from .errors import ErrorCode, ServiceError
 from .events import EVENTS
 from .frames import CLIENT_FRAMES, SERVER_FRAMES
 from .http import HTTP_BODIES
-from .media import MEDIA_COMMANDS, MEDIA_EVENTS
+from .media import MEDIA_CONTRACTS
 from .presence import PRESENCE_COMMANDS, PRESENCE_EVENTS
 from .wire import Attachment, Message, Participant, Receipt, Session
 
@@ -35,7 +35,7 @@ def register(*classes: type[Contract]) -> None:
 register(*MESSAGING_COMMANDS, *EVENTS, *HTTP_BODIES,
          Attachment, Message, Participant, Receipt, Session)
 register(*AUDIT_CONTRACTS)
-register(*MEDIA_COMMANDS, *MEDIA_EVENTS)
+register(*MEDIA_CONTRACTS)
 register(*PRESENCE_COMMANDS, *PRESENCE_EVENTS)
 # Frames are keyed by their wire ``type`` in two maps: typing_start exists in both directions.
 CLIENT_FRAMES_BY_TYPE: dict[str, type[Contract]] = {cls.TYPE: cls for cls in CLIENT_FRAMES}

@@ -9,11 +9,14 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import aiohttp
 import asyncpg
 import orjson
 import pytest
 
 from shared.contracts.registry import REGISTRY
+
+from ..support.client import Ws
 
 pytestmark = pytest.mark.e2e
 
@@ -23,12 +26,12 @@ def rid(step: str) -> str:
 
 
 async def entry_for(stack, request_id: str, action: str | None = None,
-                    timeout: float = 15.0) -> asyncpg.Record:
+                    within_s: float = 15.0) -> asyncpg.Record:
     """Wait until the audit has recorded the request (read straight from its database, so
     waiting does not itself add ``audit.queried`` entries)."""
     conn = await asyncpg.connect(stack.backends.database_url("audit"))
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         while True:
             row = await conn.fetchrow(
                 "SELECT * FROM audit_log WHERE request_id = $1 "
@@ -65,6 +68,32 @@ async def test_scripted_scenario_is_audited_in_order_without_content(stack, api,
     sent = await entry_for(stack, send, "message.sent")
     assert sent["target_id"] == message["id"]
     expected.append(("message.sent", alice, "ok"))
+
+    upload = rid("upload")
+    form = aiohttp.FormData()
+    form.add_field("file", f"file contents: {secret}\n".encode(), filename="notes.txt",
+                   content_type="text/plain")
+    form.add_field("client_msg_id", "u1")
+    status, with_file = await api(alice).request(
+        "POST", f"/api/chat/sessions/{sid}/upload", data=form,
+        headers={"X-Request-Id": upload})
+    if status == 201:  # media is part of this build
+        attachment_id = with_file["attachment"]["id"]
+        stored = await entry_for(stack, upload, "attachment.stored")
+        file_sent = await entry_for(stack, upload, "message.sent")
+        assert stored["target_id"] == attachment_id
+        assert file_sent["target_id"] == with_file["id"]
+        # Media and messaging publish through their own outboxes: either may come first.
+        expected += [(row["action"], alice, "ok")
+                     for row in sorted((stored, file_sent), key=lambda r: r["seq"])]
+        url = rid("url")
+        status, _ = await api(bob).request(
+            "GET", f"/api/chat/attachments/{attachment_id}", params={"redirect": "0"},
+            headers={"X-Request-Id": url})
+        assert status == 200
+        issued = await entry_for(stack, url, "attachment.url_issued")
+        assert (issued["actor_id"], issued["target_id"]) == (bob, attachment_id)
+        expected.append(("attachment.url_issued", bob, "ok"))
 
     read = rid("read")
     status, _ = await api(bob).request("PUT", f"/api/chat/messages/{message['id']}/read",
@@ -195,3 +224,31 @@ async def test_cursor_paging_walks_every_entry_once(stack, api, user):
             break
     assert paged == whole["entries"]
     assert [e["action"] for e in paged] == ["session.created"] + ["message.sent"] * 4
+
+
+async def test_websocket_refusals_are_audited(stack, http, api, user):
+    alice, eve = user("alice"), user("eve")
+    sid = (await api(alice).create_session(user("bob")))["id"]
+    ws = await Ws.connect(http, stack.ws_url, stack.token(eve))
+    answer = await ws.request({"type": "join_session", "session_id": sid})
+    assert answer["type"] == "error" and answer["code"] == "not_found"
+    await ws.close()
+    handshake = rid("ws-handshake")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(stack.ws_url, headers={"Authorization": "Bearer forged",
+                                                     "X-Request-Id": handshake})
+    assert refused.value.status == 401
+    failed = await entry_for(stack, handshake, "auth.failed")
+    assert failed["target_id"] == "/ws" and failed["actor_id"] is None
+
+    conn = await asyncpg.connect(stack.backends.database_url("audit"))
+    try:
+        deadline = time.monotonic() + 15
+        while (row := await conn.fetchrow(
+                "SELECT * FROM audit_log WHERE action = 'access.denied' AND session_id = $1",
+                uuid.UUID(sid))) is None:
+            assert time.monotonic() < deadline, "the refused join was not audited"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    assert (row["actor_id"], row["outcome"], row["target_id"]) == (eve, "denied", sid)

@@ -91,8 +91,9 @@ async def run(args) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         env["CHAT_AUDIT_DATABASE_URL"] = backends.database_url("audit")
         started = time.perf_counter()
-        verified = subprocess.run([sys.executable, "-m", "services.audit", "verify"],
-                                  cwd=ROOT, env=env, capture_output=True, text=True)
+        verified = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.audit", "verify"],
+            cwd=ROOT, env=env, capture_output=True, text=True)
         print(f"verify: {verified.stdout.strip()} in {time.perf_counter() - started:.1f}s")
     finally:
         await stack.stop()

@@ -1,9 +1,11 @@
 """``make bench``: the chat stack under load on this machine, measured end to end.
 
-Starts a fresh RabbitMQ vhost and a fresh messaging database on the local servers, runs
-``python -m services.messaging`` and ``python -m services.gateway`` as real processes (logs at
-``warning`` level, in ``var/bench/<stamp>/``), then the load generator (``tests.load.loadgen``)
-in a process of its own, and stops and cleans everything up at the end, also on Ctrl-C or error.
+Starts a fresh RabbitMQ vhost and fresh databases on the local servers, runs
+``python -m services.messaging``, ``python -m services.presence`` (the gateway asks it who is
+online on every join; ``--services`` changes the set) and ``python -m services.gateway`` as real
+processes (logs at ``warning`` level, in ``var/bench/<stamp>/``), then the load generator
+(``tests.load.loadgen``) in a process of its own, and stops and cleans everything up at the end,
+also on Ctrl-C or error.
 
 Measured (see ``tests/load/tally.py`` for the checks and the definitions):
 
@@ -12,8 +14,8 @@ Measured (see ``tests/load/tally.py`` for the checks and the definitions):
   seq order;
 - the gateway's resident memory before the WebSockets open, with all of them open, joined and
   idle (-> KiB per idle connection), and its peak;
-- CPU used by the gateway, messaging and the load generator during the window, and by the whole
-  machine (which the backing servers share).
+- CPU used by each service, the load generator, RabbitMQ and Postgres during the window, and by
+  the whole machine (``other``: whatever else ran on it meanwhile).
 
 Examples::
 
@@ -44,7 +46,7 @@ from tests.support.backends import (
     drop_databases,
     local_servers,
 )
-from tests.support.stack import JWT_SECRET, ROOT, ServiceProcess, Stack
+from tests.support.stack import JWT_SECRET, ROOT, Stack
 
 from . import procstat, profiling
 from .report import render
@@ -53,7 +55,10 @@ from .report import render
 DEFAULT_MESSAGES_PER_S, DEFAULT_MESSAGES_BURST = 10.0, 20
 DEFAULT_FRAMES_PER_S, DEFAULT_FRAMES_BURST = 50.0, 200
 IDLE_SETTLE_S = 2.0  # after the last join, before the idle memory reading
+# Services the bench may start besides the gateway (media needs an S3 server: not here).
+SERVICES = ("messaging", "presence", "audit")
 BACKING = {"rabbitmq": ("beam.smp",), "postgres": ("postgres",)}
+SERVER_MARKERS = {"rabbitmq": "rabbit boot", "postgres": ""}  # see procstat.server_pids
 
 
 def log(text: str) -> None:
@@ -90,7 +95,9 @@ class Sampler:
             except (FileNotFoundError, ProcessLookupError):
                 sample[name] = None
         for name, commands in BACKING.items():
-            sample[name] = {"cpu_s": procstat.cpu_seconds_by_command(commands)}
+            sample[name] = {"cpu_s": procstat.cpu_seconds_by_command(commands),
+                            "pids": sorted(procstat.server_pids(commands[0],
+                                                                SERVER_MARKERS[name]))}
         self.samples[phase] = sample
         return sample
 
@@ -107,6 +114,13 @@ class Sampler:
                 "connections": connections,
                 "kb_per_idle_connection": round(per, 2) if per is not None else None,
                 "gateway_peak_rss_kb": last.get("VmHWM")}
+
+    def restarted(self) -> list[str]:
+        """Backing servers whose main process changed during the run (someone restarted
+        them: every number of this run is then suspect)."""
+        phases = list(self.samples.values())
+        return [name for name in BACKING
+                if phases and phases[0][name]["pids"] != phases[-1][name]["pids"]]
 
     def cpu(self, start: str, end: str) -> dict:
         a, b = self.samples.get(start), self.samples.get(end)
@@ -128,8 +142,8 @@ class Sampler:
         return out
 
 
-async def run_loadgen(args: argparse.Namespace, stack: Stack, gateway: ServiceProcess,
-                      messaging: ServiceProcess, outdir: Path) -> tuple[dict, Sampler, dict]:
+async def run_loadgen(args: argparse.Namespace, stack: Stack, outdir: Path
+                      ) -> tuple[dict, Sampler, dict]:
     """Run the load generator process; sample /proc at each of its phases."""
     result_path = outdir / "loadgen.json"
     idle = bool(args.idle_connections)
@@ -148,8 +162,7 @@ async def run_loadgen(args: argparse.Namespace, stack: Stack, gateway: ServicePr
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env,
                                                 stdin=asyncio.subprocess.PIPE,
                                                 stdout=asyncio.subprocess.PIPE)
-    sampler = Sampler({"gateway": gateway.proc.pid, "messaging": messaging.proc.pid,
-                       "loadgen": proc.pid})
+    sampler = Sampler({p.name: p.proc.pid for p in stack.processes} | {"loadgen": proc.pid})
     sampler.take("start")
     profiles: dict[str, tuple] = {}
     budget = 120 + connections * 0.05 + (0 if idle else args.warmup + args.duration + args.drain)
@@ -203,8 +216,34 @@ def log_findings(stack: Stack) -> dict:
     return found
 
 
+async def forget_presence_keys(redis_url: str, prefix: str) -> None:
+    """The presence service of this run kept its keys under ``prefix`` in the shared Redis."""
+    import redis.asyncio as redis
+
+    client = redis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.delete(*keys[start:start + 1000])
+    finally:
+        await client.aclose()
+
+
+async def machine_busy_pct(seconds: float = 2.0) -> float:
+    """How busy the machine is before the bench starts: other work skews every number."""
+    before = procstat.machine_cpu()
+    await asyncio.sleep(seconds)
+    after = procstat.machine_cpu()
+    total = after.total_s - before.total_s
+    return round(100 * (after.busy_s - before.busy_s) / total, 1) if total else 0.0
+
+
 async def bench(args: argparse.Namespace) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    busy = await machine_busy_pct()
+    if busy > 20:
+        log(f"WARNING: the machine is already {busy}% busy (of all cores) before the bench; "
+            "its numbers will be lower than on a quiet machine")
     outdir = ROOT / "var" / "bench" / stamp
     outdir.mkdir(parents=True, exist_ok=True)
     fd_limit = procstat.raise_fd_limit()  # the services and the generator inherit it
@@ -216,18 +255,24 @@ async def bench(args: argparse.Namespace) -> dict:
     limits = {} if args.idle_connections else rate_limits(args.rate / connections)
     quiet = {"CHAT_LOG_LEVEL": "warning"}
     report: dict = {"stamp": stamp, "args": vars(args), "fd_limit": fd_limit,
+                    "machine_busy_before_pct": busy,
                     "gateway_overrides": limits, "vhost": backends.vhost}
     try:
-        log(f"starting messaging and gateway (logs in {outdir})")
-        messaging = await stack.start_messaging(**quiet)
-        gateway = await stack.start_gateway(**quiet, **limits)
-        log(f"gateway {stack.url} pid {gateway.proc.pid}; messaging pid {messaging.proc.pid}")
-        result, sampler, profiles = await run_loadgen(args, stack, gateway, messaging, outdir)
+        log(f"starting {', '.join(args.services)} and the gateway (logs in {outdir})")
+        for name in args.services:
+            await stack.start_service(name, **quiet)
+        await stack.start_gateway(**quiet, **limits)
+        log("running: " + ", ".join(f"{p.name} pid {p.proc.pid}" for p in stack.processes)
+            + f"; gateway at {stack.url}")
+        result, sampler, profiles = await run_loadgen(args, stack, outdir)
         report["loadgen"] = result
         report["memory"] = sampler.memory(result.get("setup", {}).get("connected", 0))
         report["cpu_window"] = sampler.cpu("window_start", "window_end")
         report["cpu_connect"] = sampler.cpu("sessions", "connected")
         report["samples"] = sampler.samples
+        report["backing_restarted"] = sampler.restarted()
+        if report["backing_restarted"]:
+            log(f"WARNING: {report['backing_restarted']} restarted during the run")
         report["profiles"] = profiles
     finally:
         log("stopping the services")
@@ -236,6 +281,8 @@ async def bench(args: argparse.Namespace) -> dict:
         report["service_logs"] = log_findings(stack)
         try:
             await drop_databases(backends)
+            if "presence" in args.services:
+                await forget_presence_keys(backends.redis_url, stack.presence_prefix)
         finally:
             await asyncio.to_thread(delete_vhost, backends)
     report["ok"] = bool(report["loadgen"]["ok"]) and all(c == 0 for c in codes.values())
@@ -271,11 +318,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="max seconds to wait for owed deliveries after sending (default 10)")
     parser.add_argument("--open-concurrency", type=int, default=100,
                         help="WebSocket handshakes in flight at once (default 100)")
+    parser.add_argument("--services", default="messaging,presence",
+                        help="services to run besides the gateway, comma-separated, from "
+                             f"{', '.join(SERVICES)} (default messaging,presence)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the services and the generator in the window (costs CPU)")
     parser.add_argument("--out", help="JSON file (default var/bench/bench-<stamp>.json and "
                                       "var/bench/latest.json)")
     args = parser.parse_args(argv)
+    args.services = [s.strip() for s in args.services.split(",") if s.strip()]
+    unknown = [s for s in args.services if s not in SERVICES]
+    if unknown or "messaging" not in args.services:
+        parser.error(f"--services: messaging and any of {', '.join(SERVICES)}")
     limits = {"--connections": (args.connections, 2, 20000),
               "--rate": (args.rate, 1, 100000), "--duration": (args.duration, 1, 600),
               "--warmup": (args.warmup, 0, 120), "--drain": (args.drain, 0, 120),

@@ -47,6 +47,35 @@ def cpu_seconds_by_command(commands: tuple[str, ...]) -> float:
     return total
 
 
+def server_pids(command: str, marker: str = "") -> set[int]:
+    """Pids of the top processes named ``command`` (their parent is named otherwise) whose
+    command line holds ``marker``: the RabbitMQ node (not ``rabbitmqctl``, also a beam.smp),
+    the Postgres postmaster. A change during a run means a server restarted."""
+    named: dict[int, int] = {}  # pid -> parent pid
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                text = stat.read()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        if name == command:
+            named[int(entry)] = int(text.rpartition(")")[2].split()[1])
+    found = set()
+    for pid, parent in named.items():
+        if parent in named:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if marker.encode() in cmdline.read().replace(b"\0", b" "):
+                    found.add(pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
 @dataclass
 class MachineCpu:
     busy_s: float

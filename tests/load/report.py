@@ -46,12 +46,11 @@ def render(report: dict) -> str:
                                                              "cpu_connect")):
         cpu = report.get(key) or {}
         if cpu:
+            each = "  ".join(f"{key[:-4]} {value}%" for key, value in cpu.items()
+                             if key.endswith("_pct"))
             lines.append(f"{label} ({cpu['wall_s']} s, {cpu['cores']} cores; 100% = one core): "
-                         f"gateway {cpu.get('gateway_pct')}%  messaging "
-                         f"{cpu.get('messaging_pct')}%  loadgen {cpu.get('loadgen_pct')}%  "
-                         f"rabbitmq {cpu.get('rabbitmq_pct')}%  postgres "
-                         f"{cpu.get('postgres_pct')}%  other {cpu.get('other_pct')}%; machine "
-                         f"busy {cpu.get('machine_busy_pct_of_all_cores')}% of all cores")
+                         f"{each}; machine busy {cpu.get('machine_busy_pct_of_all_cores')}% "
+                         f"of all cores")
     for name, prof in (report.get("profiles") or {}).items():
         lines.append(f"profile {name}: {prof.get('samples')} samples; top self:")
         for row in (prof.get("self") or [])[:10]:
@@ -63,6 +62,10 @@ def render(report: dict) -> str:
         if found["lines"]:
             lines.append(f"{name} log: {found['lines']} warning/error lines ({found['log']}); "
                          f"last: {found['last'][-1][:300]}")
-    lines.append(f"exit codes {report.get('exit_codes')}")
+    lines.append(f"machine busy before the run: {report.get('machine_busy_before_pct')}% of all "
+                 f"cores; exit codes {report.get('exit_codes')}")
+    if report.get("backing_restarted"):
+        lines.append(f"WARNING: restarted during the run (not by the bench): "
+                     f"{report['backing_restarted']}; the numbers are not valid")
     lines.append("RESULT: " + ("ok" if report.get("ok") else "FAILED"))
     return "\n".join(lines)

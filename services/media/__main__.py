@@ -1,0 +1,3 @@
+from services.media.app import main
+
+main()
