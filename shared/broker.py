@@ -34,9 +34,9 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from . import faults
 from .contracts.envelope import Envelope, decode_batch, encode_batch
 from .contracts.errors import ServiceError, unavailable
-from . import faults
 from .logging import get_logger
 from .metrics import (
     BATCH_SIZE,
@@ -229,8 +229,9 @@ class Broker:
         asyncio.get_running_loop().call_later(
             max(timeout for _, _, timeout in batch) + 1, self._waiting.pop, correlation_id, None)
         try:
-            await self.publish(COMMANDS, [routing_key], encode_batch([env for env, _, _ in batch]),
-                               message_type=routing_key, reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
+            body = encode_batch([env for env, _, _ in batch])
+            await self.publish(COMMANDS, [routing_key], body, message_type=routing_key,
+                               reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
                                persistent=False)
         except ServiceError as exc:
             self._waiting.pop(correlation_id, None)

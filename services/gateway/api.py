@@ -25,6 +25,7 @@ from shared.contracts.commands import (
     SendMessage,
 )
 from shared.contracts.errors import ErrorCode, ServiceError, not_found
+from shared.contracts.fields import USER_ID_PATTERN
 from shared.contracts.http import (
     AddParticipantBody,
     CreateSessionBody,
@@ -33,14 +34,12 @@ from shared.contracts.http import (
     MessagesQuery,
     SendMessageBody,
 )
-from shared.contracts.fields import USER_ID_PATTERN
 from shared.contracts.registry import error_list, first_error
 
 from . import rpc
 from .appkeys import AUTH, BROKER, RATE_MESSAGES
 from .auth import Principal
 from .errors import REQUEST_ID
-
 
 USER_ID = re.compile(USER_ID_PATTERN)
 

@@ -18,9 +18,9 @@ import asyncpg
 import orjson
 
 from shared.broker import Broker
-from shared.db import connect
 from shared.contracts.errors import ServiceError
 from shared.contracts.fields import rfc3339
+from shared.db import connect
 from shared.logging import get_logger
 from shared.topology import EVENTS, session_key, user_key
 

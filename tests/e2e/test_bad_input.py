@@ -193,13 +193,13 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays_open(stack, http
         ("[1]", "bad_request"),
         ('{"type": "launch_rockets", "ref": "r"}', "invalid"),
         ('{"ref": "r"}', "invalid"),
-        ('{"type": "send_message", "ref": "r", "session_id": "%s"}' % sid, "invalid"),
-        ('{"type": "send_message", "ref": "r", "session_id": "%s", "client_msg_id": "a",'
-         ' "body": ""}' % sid, "invalid"),
-        ('{"type": "send_message", "ref": "r", "session_id": "%s", "client_msg_id": "a",'
-         ' "body": "x", "extra": true}' % sid, "invalid"),
+        (f'{{"type": "send_message", "ref": "r", "session_id": "{sid}"}}', "invalid"),
+        (f'{{"type": "send_message", "ref": "r", "session_id": "{sid}", "client_msg_id": "a",'
+         ' "body": ""}', "invalid"),
+        (f'{{"type": "send_message", "ref": "r", "session_id": "{sid}", "client_msg_id": "a",'
+         ' "body": "x", "extra": true}', "invalid"),
         ('{"type": "join_session", "ref": "r", "session_id": "not-a-uuid"}', "invalid"),
-        ('{"type": "join_session", "ref": "r", "session_id": "%s", "after_seq": -1}' % sid,
+        (f'{{"type": "join_session", "ref": "r", "session_id": "{sid}", "after_seq": -1}}',
          "invalid"),
     ]
     for raw, code in cases:

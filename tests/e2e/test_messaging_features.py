@@ -3,6 +3,7 @@ driven through the gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -94,7 +95,7 @@ async def test_deleting_erases_the_text_from_every_table(stack, http, api, user,
     assert secret not in str(events)
     fresh = await Ws.connect(http, stack.ws_url, stack.token(bob))
     await fresh.join(sid, after_seq=0)
-    backlog = [await fresh.until(lambda f: f.get("seq") == n) for n in (1, 2, 3)]
+    backlog = [await fresh.until(lambda f, n=n: f.get("seq") == n) for n in (1, 2, 3)]
     assert backlog[0]["message"]["body"] is None and backlog[2]["type"] == "message_deleted"
 
     # An admin moderates: deletes bob's message in a session the admin is not in.
@@ -234,8 +235,9 @@ async def test_rebuilt_projections_equal_the_live_ones(stack, http, api, user):
 
     url = stack.base_env()["CHAT_MESSAGING_DATABASE_URL"]
     before = await projection_rows(url)
-    result = subprocess.run([sys.executable, "-m", "services.messaging", "rebuild-projections"],
-                            env=stack.base_env(), capture_output=True, text=True, timeout=120)
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.messaging", "rebuild-projections"],
+        env=stack.base_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "rebuilt projections from" in result.stdout
     after = await projection_rows(url)

@@ -46,7 +46,7 @@ class Client:
                     "Authorization": f"Bearer {self.token}"}, heartbeat=5)
                 await self._session(stop)
                 delay = 0.05
-            except (aiohttp.ClientError, ConnectionError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
                 pass
             finally:
                 self.live.clear()

@@ -14,7 +14,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from urllib.parse import quote
 
 import aiohttp
