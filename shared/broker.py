@@ -102,8 +102,14 @@ class Broker:
         for name in EXCHANGES:
             self.exchanges[name] = await self._channel.declare_exchange(
                 name, aio_pika.ExchangeType.TOPIC, durable=True)
+        await self._consume_replies()
+        # Direct reply-to is a pseudo-queue the channel does not restore by itself: consume it
+        # again whenever the channel comes back (after a broker restart or a channel error).
+        self._channel.reopen_callbacks.add(self._consume_replies)
+
+    async def _consume_replies(self, *_args) -> None:
         reply_queue = await self._channel.get_queue(DIRECT_REPLY_TO, ensure=False)
-        await reply_queue.consume(self._on_reply, no_ack=True)
+        await reply_queue.consume(self._on_reply, no_ack=True, robust=False)
 
     async def close(self) -> None:
         self._closing = True

@@ -26,7 +26,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from shared.broker import Broker
-from shared.contracts.errors import ServiceError
+from shared.contracts.errors import ServiceError, unavailable
 from shared.contracts.frames import frame_from_event, user_frame
 from shared.logging import get_logger
 from shared.topology import EVENTS, session_binding, user_binding
@@ -67,7 +67,7 @@ class Hub:
         key = user_binding(conn.user_id)
         async with self._lock(key):
             if key not in self._bound:
-                await self.queue.bind(self.broker.exchanges[EVENTS], key)
+                await self._bind(key)
                 self._bound.add(key)
 
     async def remove(self, conn: Connection) -> None:
@@ -93,7 +93,7 @@ class Hub:
         self.joined[session_id].add(conn)
         async with self._lock(session_id):
             if session_id not in self._bound:
-                await self.queue.bind(self.broker.exchanges[EVENTS], session_binding(session_id))
+                await self._bind(session_binding(session_id))
                 self._bound.add(session_id)
 
     async def leave(self, conn: Connection, session_id: str) -> None:
@@ -108,6 +108,12 @@ class Hub:
                 await self._unbind(session_binding(session_id))
             if session_id not in self._bound:
                 self._locks.pop(session_id, None)
+
+    async def _bind(self, key: str) -> None:
+        try:
+            await self.queue.bind(self.broker.exchanges[EVENTS], key)
+        except Exception as exc:  # the broker is away: the client retries
+            raise unavailable("message broker unavailable") from exc
 
     async def _unbind(self, key: str) -> None:
         try:

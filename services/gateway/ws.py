@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
 from shared.contracts.commands import GetEvents, JoinSession, MarkReceipt, SendMessage
-from shared.contracts.errors import ErrorCode, ServiceError
+from shared.contracts.errors import ErrorCode, ServiceError, unavailable
 from shared.contracts.frames import (
     ClientFrame,
     JoinSessionFrame,
@@ -137,6 +137,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         log.info("ws_origin_refused", origin=origin)
         raise ServiceError(ErrorCode.FORBIDDEN, "origin not allowed")
     principal = await app[AUTH].from_request(request, allow_query=True)
+    if not app[BROKER].is_connected:  # no live subscriptions possible: say so before upgrading
+        raise unavailable("message broker unavailable")
 
     ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s,
                                max_msg_size=settings.ws_max_frame_bytes, compress=False)
@@ -149,7 +151,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, principal.expires_at - time.time()), conn.close,
         WSCloseCode.POLICY_VIOLATION, "token expired")
-    await hub.add(conn)
+    try:
+        await hub.add(conn)
+    except ServiceError:
+        expiry.cancel()
+        await conn.finish()
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"try again")
+        return ws
     app[PRESENCE].connected(conn)
     log.info("ws_connected", connection_id=conn.id, user_id=conn.user_id)
     conn.send({"type": "hello", "user_id": conn.user_id, "connection_id": conn.id})

@@ -150,7 +150,8 @@ async def measure_idle(stack: Stack, redis: aioredis.Redis, connections: int, wi
                        settle: float) -> dict:
     pairs = connections // 2
     sockets: list[Ws] = []
-    async with aiohttp.ClientSession() as http:
+    # No connector limit: each WebSocket holds a connection of the pool.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         for i in range(pairs):
             a, b = f"idle-a-{i}-{uuid.uuid4().hex[:4]}", f"idle-b-{i}"
             sid = (await Api(http, stack.url, stack.token(a)).create_session(b))["id"]
