@@ -84,8 +84,10 @@ class Connection:
     def send_backlog(self, session_id: str, frames: list[dict]) -> None:
         """Send stored events fetched for this connection, skipping seqs already sent."""
         view = self.sessions.get(session_id)
-        if view is None:
-            return
+        if view is not None:
+            self._send_new(view, frames)
+
+    def _send_new(self, view: SessionView, frames: list[dict]) -> None:
         for frame in frames:
             seq = frame.get("seq")
             if seq is not None:
@@ -101,13 +103,7 @@ class Connection:
             return
         pending, view.pending = view.pending, None
         pending.sort(key=lambda f: f.get("seq") or 0)
-        for frame in pending:
-            seq = frame.get("seq")
-            if seq is not None:
-                if seq <= view.last_seq:
-                    continue
-                view.last_seq = seq
-            self.send(frame)
+        self._send_new(view, pending)
 
     def close(self, code: int = WSCloseCode.GOING_AWAY, message: str = "") -> None:
         if self.closed:

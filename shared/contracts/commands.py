@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import Field, model_validator
 
 from .base import Contract
-from .fields import MAX_PARTICIPANTS, ClientMsgId, MessageBody, Seq, Title, UserId
+from .fields import MAX_PARTICIPANTS, ClientMsgId, MessageBody, Seq, Title, UserId, one_direction
 from .wire import Attachment
 
 
@@ -50,8 +50,7 @@ class GetMessages(Contract):
 
     @model_validator(mode="after")
     def _one_direction(self):
-        if self.before_seq is not None and self.after_seq is not None:
-            raise ValueError("give before_seq or after_seq, not both")
+        one_direction(self.before_seq, self.after_seq)
         return self
 
 

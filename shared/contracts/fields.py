@@ -63,3 +63,9 @@ def rfc3339(moment) -> str:
     """RFC 3339 in UTC with a ``Z``, microseconds kept (what Postgres stores)."""
     from datetime import UTC
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def one_direction(before_seq: int | None, after_seq: int | None) -> None:
+    """Paging goes one way: ``before_seq`` or ``after_seq``, never both."""
+    if before_seq is not None and after_seq is not None:
+        raise ValueError("give before_seq or after_seq, not both")

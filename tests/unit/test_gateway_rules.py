@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import jwt
+import orjson
 import pytest
 
 from services.gateway.auth import Authenticator, mint_token
-from services.gateway.connection import SessionView
+from services.gateway.connection import Connection, SessionView
 from services.gateway.ratelimit import PerKeyBuckets, TokenBucket
 from services.gateway.settings import GatewaySettings
 from shared.contracts.errors import ErrorCode, ServiceError
@@ -75,28 +76,21 @@ def test_jwks_mode_accepts_only_asymmetric_algorithms():
     assert GatewaySettings(jwt_algorithms="RS256,ES256").jwt_algorithms == ["RS256", "ES256"]
 
 
-class FakeConnection:
-    """The delivery rule of services.gateway.connection.Connection without a socket."""
+class FakeConnection(Connection):
+    """The delivery rule of ``Connection`` with the socket replaced by a list."""
 
     def __init__(self):
-        from services.gateway.connection import Connection
         self.sessions = {}
         self.sent: list[dict] = []
         self.gaps: list[str] = []
         self.closed = False
-        self.deliver = Connection.deliver.__get__(self)
-        self.go_live = Connection.go_live.__get__(self)
-        self.send_backlog = Connection.send_backlog.__get__(self)
+        self.on_gap = lambda _conn, session_id: self.gaps.append(session_id)
 
     def send(self, frame):
         self.sent.append(frame)
 
     def send_text(self, text):
-        import orjson
         self.sent.append(orjson.loads(text))
-
-    def on_gap(self, _conn, session_id):
-        self.gaps.append(session_id)
 
 
 def ev(seq):
@@ -104,7 +98,6 @@ def ev(seq):
 
 
 def deliver(conn, seq):
-    import orjson
     conn.deliver("s", ev(seq), orjson.dumps(ev(seq)).decode())
 
 
