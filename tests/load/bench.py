@@ -48,7 +48,7 @@ from tests.support.backends import (
 )
 from tests.support.stack import JWT_SECRET, ROOT, Stack
 
-from . import procstat, profiling
+from . import procstat, profiling, promscrape
 from .report import render
 
 # The gateway's defaults (services/gateway/settings.py): per user, and frames per connection.
@@ -142,9 +142,21 @@ class Sampler:
         return out
 
 
+async def scrape_all(stack: Stack) -> dict[str, tuple[float, dict | None]]:
+    names = [p.name for p in stack.processes]
+    pages = await asyncio.gather(*(promscrape.scrape(p.ops_url) for p in stack.processes))
+    now = time.monotonic()
+    return {name: (now, page) for name, page in zip(names, pages, strict=True)}
+
+
+def metrics_window(before: dict, after: dict) -> dict:
+    return {name: promscrape.window(page, after[name][1], after[name][0] - at)
+            for name, (at, page) in before.items() if name in after}
+
+
 async def run_loadgen(args: argparse.Namespace, stack: Stack, outdir: Path
-                      ) -> tuple[dict, Sampler, dict]:
-    """Run the load generator process; sample /proc at each of its phases."""
+                      ) -> tuple[dict, Sampler, dict, dict]:
+    """Run the load generator process; sample /proc (and /metrics) at its phases."""
     result_path = outdir / "loadgen.json"
     idle = bool(args.idle_connections)
     connections = args.idle_connections or args.connections
@@ -165,6 +177,7 @@ async def run_loadgen(args: argparse.Namespace, stack: Stack, outdir: Path
     sampler = Sampler({p.name: p.proc.pid for p in stack.processes} | {"loadgen": proc.pid})
     sampler.take("start")
     profiles: dict[str, tuple] = {}
+    scraped: dict[str, dict] = {}
     budget = 120 + connections * 0.05 + (0 if idle else args.warmup + args.duration + args.drain)
     try:
         async with asyncio.timeout(budget):
@@ -179,7 +192,9 @@ async def run_loadgen(args: argparse.Namespace, stack: Stack, outdir: Path
                     sampler.take("connected_idle")
                     proc.stdin.write(b"go\n")
                     await proc.stdin.drain()
-                elif phase == "window_start" and args.profile:
+                elif phase in ("window_start", "window_end"):
+                    scraped[phase] = await scrape_all(stack)
+                if phase == "window_start" and args.profile:
                     for name, pid in sampler.processes.items():
                         out = outdir / f"profile-{name}.txt"
                         started = await profiling.record(pid, args.duration, out)
@@ -200,7 +215,9 @@ async def run_loadgen(args: argparse.Namespace, stack: Stack, outdir: Path
                            else {"error": err.decode(errors="replace")[-500:]})
     if not result_path.exists():
         raise RuntimeError(f"the load generator exited with {proc.returncode} and no result")
-    return orjson.loads(result_path.read_bytes()), sampler, summaries
+    counters = (metrics_window(scraped["window_start"], scraped["window_end"])
+                if len(scraped) == 2 else {})
+    return orjson.loads(result_path.read_bytes()), sampler, summaries, counters
 
 
 def log_findings(stack: Stack) -> dict:
@@ -264,7 +281,8 @@ async def bench(args: argparse.Namespace) -> dict:
         await stack.start_gateway(**quiet, **limits)
         log("running: " + ", ".join(f"{p.name} pid {p.proc.pid}" for p in stack.processes)
             + f"; gateway at {stack.url}")
-        result, sampler, profiles = await run_loadgen(args, stack, outdir)
+        result, sampler, profiles, counters = await run_loadgen(args, stack, outdir)
+        report["metrics_window"] = counters
         report["loadgen"] = result
         report["memory"] = sampler.memory(result.get("setup", {}).get("connected", 0))
         report["cpu_window"] = sampler.cpu("window_start", "window_end")

@@ -51,6 +51,14 @@ def render(report: dict) -> str:
             lines.append(f"{label} ({cpu['wall_s']} s, {cpu['cores']} cores; 100% = one core): "
                          f"{each}; machine busy {cpu.get('machine_busy_pct_of_all_cores')}% "
                          f"of all cores")
+    for name, counters in (report.get("metrics_window") or {}).items():
+        if counters:
+            rates = ", ".join(f"{k} {v}/s" for k, v in counters.get("per_s", {}).items())
+            lines.append(f"{name} counters in the window: {rates or 'none'}")
+            if counters.get("mean_batch"):
+                lines.append(f"    mean batch {counters['mean_batch']}")
+            if counters.get("mean_rpc_ms"):
+                lines.append(f"    mean rpc ms {counters['mean_rpc_ms']}")
     for name, prof in (report.get("profiles") or {}).items():
         lines.append(f"profile {name}: {prof.get('samples')} samples; top self:")
         for row in (prof.get("self") or [])[:10]:

@@ -1,0 +1,60 @@
+"""The services' own counters over the measured window, from their ``/metrics``.
+
+They tell what the CPU numbers cannot: how many AMQP messages each hop published and consumed
+(so how well the batching of ARCHITECTURE "Throughput" works: chat messages per AMQP message),
+the batch sizes the consumers handled, and the requests that failed with 503 and why.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+COUNTERS = ("chat_broker_published_messages_total", "chat_broker_consumed_messages_total",
+            "chat_broker_publish_failures_total", "chat_rpc_failures_total",
+            "chat_envelopes_handled_total", "chat_batch_envelopes_sum",
+            "chat_batch_envelopes_count", "chat_rpc_seconds_sum", "chat_rpc_seconds_count")
+
+
+async def scrape(url: str, timeout_s: float = 5.0) -> dict[str, float] | None:
+    """Every sample of a Prometheus text page (``name{labels}`` -> value); None if it does not
+    answer in time (an overloaded service may not)."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+            async with http.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            samples[name] = float(value)
+        except ValueError:
+            continue
+    return samples
+
+
+def window(before: dict[str, float] | None, after: dict[str, float] | None,
+           seconds: float) -> dict:
+    """Counter increases between two scrapes (per second too), and the mean batch size."""
+    if not before or not after or seconds <= 0:
+        return {}
+    grown = {name: after[name] - before.get(name, 0.0) for name in after
+             if name.startswith(COUNTERS) and after[name] - before.get(name, 0.0) > 0}
+    out: dict = {"increase": grown,
+                 "per_s": {name: round(value / seconds, 1) for name, value in grown.items()
+                           if not name.startswith(("chat_batch", "chat_rpc_seconds"))}}
+    for name, total in grown.items():
+        if name.startswith("chat_batch_envelopes_sum"):
+            count = grown.get(name.replace("_sum", "_count", 1), 0)
+            if count:
+                out.setdefault("mean_batch", {})[name[len("chat_batch_envelopes_sum"):]] = \
+                    round(total / count, 1)
+        if name.startswith("chat_rpc_seconds_sum"):
+            count = grown.get(name.replace("_sum", "_count", 1), 0)
+            if count:
+                out.setdefault("mean_rpc_ms", {})[name[len("chat_rpc_seconds_sum"):]] = \
+                    round(1000 * total / count, 1)
+    return out
