@@ -53,7 +53,7 @@ class Context:
         self.hub: Hub = app[HUB]
 
     async def call(self, command):
-        return await rpc.call(self.broker, command, self.conn.principal, uuid.uuid4().hex)
+        return await rpc.call(self.broker, command, self.conn.principal, None)
 
 
 # ---- frame handlers --------------------------------------------------------------------------
@@ -99,8 +99,11 @@ async def send_message(frame: SendMessageFrame, ctx: Context) -> None:
     wait = ctx.app[RATE_MESSAGES].take(ctx.conn.user_id)
     if wait:
         raise ServiceError(ErrorCode.RATE_LIMITED, "too many messages", retry_after=wait)
-    result = await ctx.call(SendMessage(session_id=frame.session_id, message_id=uuid.uuid4(),
-                                        client_msg_id=frame.client_msg_id, body=frame.body))
+    # The hot path: the frame is validated; messaging validates the command again.
+    result = await rpc.call_raw(ctx.broker, SendMessage.TYPE, SendMessage.VERSION, {
+        "session_id": str(frame.session_id), "message_id": str(uuid.uuid4()),
+        "client_msg_id": frame.client_msg_id, "body": frame.body,
+    }, ctx.conn.principal, None)
     ctx.app[PRESENCE].stop_typing_now(ctx.conn, str(frame.session_id))
     ctx.conn.send({"type": "ack", "ref": frame.ref, "message": result["message"]})
 
