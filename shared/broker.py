@@ -274,15 +274,21 @@ class Broker:
     # ---- consuming ------------------------------------------------------------------------
 
     async def serve(self, spec: DurableQueue, handler: BatchHandler, *, prefetch: int = 256,
-                    max_batch: int = 256) -> Consumer:
-        """Start consuming ``spec``, handing the handler batches of envelopes."""
+                    max_batch: int = 256, concurrency: int = 1) -> Consumer:
+        """Start consuming ``spec``, handing the handler batches of envelopes.
+
+        ``concurrency`` batches may be in the handler at once (each acked after its own
+        handler returned): while one waits on its store, the next is decoded and queued.
+        """
         channel = await self.connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         queue = await self.declare_durable(spec, channel)
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        worker = _BatchWorker(self, spec.name, handler, inbox, max_batch)
+        workers = [_BatchWorker(self, spec.name, handler, inbox, max_batch)
+                   for _ in range(concurrency)]
         tag = await queue.consume(inbox.put)
-        return Consumer(queue, tag, worker, asyncio.create_task(worker.run()))
+        task = asyncio.create_task(_run_all(workers))
+        return Consumer(queue, tag, workers, task)
 
     async def consume_raw(self, queue: AbstractQueue, callback: RawCallback) -> None:
         """Consume without acks (exclusive per-instance queues whose loss is recovered by
@@ -328,21 +334,28 @@ class Consumer:
     """A running consumer. ``stop`` stops taking work and lets the batch in hand finish; what
     was prefetched but not handled goes back to the queue when the channel closes."""
 
-    def __init__(self, queue: AbstractQueue, tag: str, worker: _BatchWorker, task: asyncio.Task):
-        self.queue, self.tag, self.worker, self.task = queue, tag, worker, task
+    def __init__(self, queue: AbstractQueue, tag: str, workers: list[_BatchWorker],
+                 task: asyncio.Task):
+        self.queue, self.tag, self.workers, self.task = queue, tag, workers, task
 
     async def stop(self, grace_s: float) -> None:
         try:
             await self.queue.cancel(self.tag)
         except Exception as exc:
             log.warning("consumer_cancel_failed", error=repr(exc))
-        self.worker.stopping = True
+        for worker in self.workers:
+            worker.stopping = True
         try:
-            await asyncio.wait_for(self.worker.idle.wait(), grace_s)
+            await asyncio.wait_for(asyncio.gather(*(w.idle.wait() for w in self.workers)),
+                                   grace_s)
         except TimeoutError:
-            log.warning("shutdown_grace_expired", queue=self.worker.queue_name)
+            log.warning("shutdown_grace_expired", queue=self.workers[0].queue_name)
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def _run_all(workers: list[_BatchWorker]) -> None:
+    await asyncio.gather(*(worker.run() for worker in workers))
 
 
 class _BatchWorker:

@@ -63,7 +63,8 @@ async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
                                  settings.messaging_ops_host, settings.messaging_ops_port)
     relay_task = service.watch(asyncio.create_task(relay.run()), stop, "outbox_relay")
     consumer = await broker.serve(command_queue("messaging"), handle,
-                                  prefetch=settings.messaging_prefetch)
+                                  prefetch=settings.messaging_prefetch,
+                                  concurrency=settings.messaging_concurrency)
     service.watch(consumer.task, stop, "command_consumer")
     log.info("messaging_started", ops_port=settings.messaging_ops_port)
     await stop.wait()

@@ -12,3 +12,5 @@ class MessagingSettings(CommonSettings):
     messaging_db_pool_size: int = Field(default=10, ge=2, le=200)
     # Commands prefetched (and so at most handled in one transaction).
     messaging_prefetch: int = Field(default=256, ge=1, le=10000)
+    # Batches in flight at once: one commits while the next is decoded and waits its turn.
+    messaging_concurrency: int = Field(default=2, ge=1, le=16)
