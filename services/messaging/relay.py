@@ -13,6 +13,7 @@ dedicated connection; the others wait for it.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import orjson
@@ -30,11 +31,12 @@ RELAY_LOCK = 0x72656c79  # "rely"
 
 class OutboxRelay:
     def __init__(self, database_url: str, broker: Broker, *, batch_size: int = 500,
-                 idle_poll_s: float = 1.0):
+                 idle_poll_s: float = 1.0, checkpoint_every_s: float = 0.5):
         self.database_url = database_url
         self.broker = broker
         self.batch_size = batch_size
         self.idle_poll_s = idle_poll_s
+        self.checkpoint_every_s = checkpoint_every_s
         self._wakeup = asyncio.Event()
         self._stopping = False
         self.published_position = 0
@@ -64,22 +66,36 @@ class OutboxRelay:
                 await asyncio.sleep(2.0)  # another replica relays; stand by
             log.info("relay_active")
             await conn.add_listener("events_appended", lambda *_: self.wake())
+            position = await conn.fetchval(
+                "SELECT position FROM outbox_checkpoint WHERE name = 'events'")
+            saved, saved_at = position, time.monotonic()
             while True:
-                published = await self._publish_once(conn)
+                published, position = await self._publish_once(conn, position)
+                # The checkpoint is written at most every ``checkpoint_every_s``: after a crash
+                # the relay republishes a little (consumers de-duplicate), and in exchange no
+                # publish waits for a checkpoint commit.
+                if position != saved and (
+                        self._stopping or time.monotonic() - saved_at >= self.checkpoint_every_s):
+                    await self._save(conn, position)
+                    saved, saved_at = position, time.monotonic()
                 if self._stopping and published < self.batch_size:
                     return
                 if published < self.batch_size:
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), self.idle_poll_s)
                     except TimeoutError:
-                        pass
+                        if position != saved:  # quiet: a good moment to record progress
+                            await self._save(conn, position)
+                            saved, saved_at = position, time.monotonic()
                     self._wakeup.clear()
         finally:
             await conn.close(timeout=2)
 
-    async def _publish_once(self, conn: asyncpg.Connection) -> int:
-        checkpoint = await conn.fetchval(
-            "SELECT position FROM outbox_checkpoint WHERE name = 'events'")
+    async def _save(self, conn: asyncpg.Connection, position: int) -> None:
+        await conn.execute("UPDATE outbox_checkpoint SET position = $1 WHERE name = 'events'",
+                           position)
+
+    async def _publish_once(self, conn: asyncpg.Connection, checkpoint: int) -> tuple[int, int]:
         rows = await conn.fetch(
             """SELECT position, event_id, stream_id, version, type, schema_version, payload,
                       actor_id, actor_role, correlation_id, causation_id, occurred_at,
@@ -87,7 +103,7 @@ class OutboxRelay:
                FROM events WHERE position > $1 ORDER BY position LIMIT $2""",
             checkpoint, self.batch_size)
         if not rows:
-            return 0
+            return 0, checkpoint
         envelopes, keys, seen = [], [], set()
         for row in rows:
             envelopes.append(event_envelope(row))
@@ -104,10 +120,8 @@ class OutboxRelay:
             except ServiceError:
                 await asyncio.sleep(0.5)  # broker away: keep the events, try again
         last = rows[-1]["position"]
-        await conn.execute("UPDATE outbox_checkpoint SET position = $1 WHERE name = 'events'",
-                           last)
         self.published_position = last
-        return len(rows)
+        return len(rows), last
 
 
 def routing_keys(row) -> list[str]:
