@@ -51,10 +51,15 @@ class Hub:
         self._locks: dict[str, asyncio.Lock] = {}
         self.fetch_events: FetchEvents | None = None
         self._tasks: set[asyncio.Task] = set()
+        # Told when a removed participant's connection is dropped from a session (presence).
+        self.on_removed: Callable[[Connection, str], None] | None = None
 
     async def start(self, fetch_events: FetchEvents) -> None:
         self.fetch_events = fetch_events
-        self.queue = await self.broker.declare_exclusive(self.queue_name)
+        # A channel of its own: queue.bind is a slow, synchronous broker operation, and on the
+        # publishing channel a storm of joins would hold back every publish's confirm.
+        channel = await self.broker.connection.channel(publisher_confirms=False)
+        self.queue = await self.broker.declare_exclusive(self.queue_name, channel)
         await self.broker.consume_raw(self.queue, self.on_events)
         self.broker.connection.reconnect_callbacks.add(self._on_reconnect)
 
@@ -172,6 +177,8 @@ class Hub:
         for conn in tuple(self.joined.get(session_id, ())):
             if conn.user_id == user_id:
                 self._spawn(self.leave(conn, session_id))
+                if self.on_removed is not None:
+                    self.on_removed(conn, session_id)
 
     # ---- catching up after a gap ----------------------------------------------------------
 
