@@ -46,7 +46,7 @@ from shared.contracts.presence import (
 from shared.logging import get_logger
 from shared.topology import COMMANDS
 
-from .appkeys import BROKER, SETTINGS
+from .appkeys import BROKER, HUB, SETTINGS
 from .auth import Principal
 from .connection import Connection
 from .ratelimit import TokenBucket
@@ -260,5 +260,6 @@ async def presence_ctx(app: web.Application):
     link = PresenceLink(app[BROKER], app[SETTINGS])
     link.start()
     app[PRESENCE] = link
+    app[HUB].on_removed = link.session_closed
     yield
     await link.close()

@@ -26,6 +26,7 @@ from shared.contracts.commands import (
     GetMessages,
     GetSession,
     JoinSession,
+    ListMemberships,
     ListSessions,
     MarkReceipt,
     RemoveParticipant,
@@ -165,12 +166,23 @@ def _frames(rows) -> list[dict]:
     return frames
 
 
+async def list_memberships(query: ListMemberships, envelope: Envelope, conn) -> dict:
+    """For services only (presence rebuilding its membership projection)."""
+    actor = envelope.actor
+    if actor.role != "admin" or not actor.user_id.startswith("service:"):
+        raise ServiceError(ErrorCode.FORBIDDEN, "memberships are for services only")
+    found = await store.memberships_of(conn, list(dict.fromkeys(query.user_ids)))
+    return {"sessions": {str(sid): users for sid, (_, users) in found.items()},
+            "seqs": {str(sid): seq for sid, (seq, _) in found.items()}}
+
+
 READ_HANDLERS: dict[type, Callable[..., Awaitable[dict]]] = {
     GetSession: get_session,
     ListSessions: list_sessions,
     GetMessages: get_messages,
     GetEvents: get_events,
     JoinSession: join_session,
+    ListMemberships: list_memberships,
 }
 
 

@@ -298,3 +298,15 @@ async def receipts_of(conn: asyncpg.Connection, session_id: uuid.UUID) -> dict[s
         session_id)
     return {r["user_id"]: {"delivered_seq": r["delivered_seq"], "read_seq": r["read_seq"]}
             for r in rows}
+
+
+async def memberships_of(conn: asyncpg.Connection, user_ids: list[str]
+                         ) -> dict[uuid.UUID, tuple[int, list[str]]]:
+    """Every session any of the users is in: ``(last_seq, participants)``, read in one
+    statement (one snapshot, so the participants are those as of ``last_seq``)."""
+    rows = await conn.fetch(
+        """SELECT s.id, s.last_seq, array_agg(p.user_id ORDER BY p.user_id) AS users
+           FROM sessions s JOIN participants p ON p.session_id = s.id
+           WHERE s.id IN (SELECT session_id FROM participants WHERE user_id = ANY($1::text[]))
+           GROUP BY s.id, s.last_seq""", user_ids)
+    return {r["id"]: (r["last_seq"], list(r["users"])) for r in rows}

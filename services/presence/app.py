@@ -21,6 +21,7 @@ from shared.settings import load_settings
 from shared.topology import command_queue, event_queue
 
 from .handlers import EVENT_BINDINGS, Deps, Outbox, handle_commands, handle_events, publish_events
+from .heal import MembershipHealer
 from .scheduler import Scheduler
 from .settings import PresenceSettings
 from .store import PresenceStore
@@ -44,6 +45,8 @@ async def serve(settings: PresenceSettings, stop: asyncio.Event) -> None:
     await broker.start()
     # Commands, events and the scheduler change the same state: one at a time per process.
     lock = asyncio.Lock()
+    healer = MembershipHealer.over(broker, deps.store, lock, settings.rpc_timeout_s)
+    deps.check_memberships = healer.check
 
     def batch_handler(handle):
         async def run(envelopes):
@@ -84,6 +87,7 @@ async def serve(settings: PresenceSettings, stop: asyncio.Event) -> None:
     await commands.stop(settings.shutdown_grace_s)
     await events.stop(settings.shutdown_grace_s)
     await asyncio.gather(scheduler_task, return_exceptions=True)
+    await healer.close()
     await ops.cleanup()
     await broker.close()
     await redis.aclose()

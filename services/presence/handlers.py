@@ -50,6 +50,8 @@ class Deps:
     store: PresenceStore
     rules: Rules
     clock: Callable[[], float] = time.time
+    # Users with live connections: rebuild their memberships if Redis lost them (heal.py).
+    check_memberships: Callable[[list[str]], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -142,6 +144,8 @@ async def open_connection(cmd: ConnectionOpened, env: Envelope, deps: Deps, out:
     await deps.store.add_connections([NewConnection(
         cmd.connection_id, env.actor.user_id, cmd.gateway_id,
         domain.lease_until(now, deps.rules), now)])
+    if deps.check_memberships is not None:
+        await deps.check_memberships([env.actor.user_id])
     await evaluate_user(env.actor.user_id, deps, out)
     return {}
 
@@ -178,6 +182,8 @@ async def renew_leases(cmd: RenewLeases, env: Envelope, deps: Deps, out: Outbox)
                                now - c.idle_s, c.away, tuple(str(s) for s in c.sessions))
                  for c in cmd.connections if c.connection_id in unknown]
     await deps.store.add_connections(recreated)
+    if deps.check_memberships is not None:
+        await deps.check_memberships([c.user_id for c in cmd.connections])
     await deps.store.touch_connections({
         c.connection_id: now - c.idle_s for c in cmd.connections
         if c.active and c.connection_id not in unknown})

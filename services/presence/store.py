@@ -17,6 +17,10 @@ Membership projection (from messaging's events, never from its database):
 
 - ``m:<session>`` set of participants; ``mv:<session>`` the last applied seq (idempotent,
   ordered); ``us:<user>`` set of the user's sessions.
+- ``mk`` set of the users whose sessions were loaded from messaging (``messaging.memberships``)
+  since Redis last lost its data. Absent after FLUSHALL or a restart: users with live
+  connections are then looked up again (``heal.MembershipHealer``), so ``presence_changed``
+  reaches co-participants of sessions nobody has open.
 """
 
 from __future__ import annotations
@@ -252,6 +256,44 @@ class PresenceStore:
         for uid in participants:
             pipe.sadd(self.k("us", uid), session_id)
         await pipe.execute()
+
+    async def membership_unknown(self, user_ids: list[str]) -> list[str]:
+        """Those of the users whose sessions were not loaded since Redis lost its data."""
+        if not user_ids:
+            return []
+        flags = await self.r.smismember(self.k("mk"), user_ids)
+        return [uid for uid, known in zip(user_ids, flags, strict=True) if not known]
+
+    async def load_memberships(self, user_ids: list[str],
+                               snapshot: dict[str, tuple[int, list[str]]]) -> list[str]:
+        """Replace the projection of each session by messaging's snapshot ``{session: (seq,
+        participants)}`` unless events newer than it were applied already; mark the users
+        known if every session could be taken. Idempotent. Returns the sessions skipped (the
+        caller asks again later: a newer snapshot will cover them)."""
+        skipped = []
+        for sid, (seq, users) in snapshot.items():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.get(self.k("mv", sid))
+            pipe.smembers(self.k("m", sid))
+            applied, before = await pipe.execute()
+            if applied is not None and int(applied) > seq:
+                skipped.append(sid)
+                continue
+            pipe = self.r.pipeline(transaction=True)
+            gone = before - set(users)
+            if gone:
+                pipe.srem(self.k("m", sid), *gone)
+            for uid in gone:
+                pipe.srem(self.k("us", uid), sid)
+            if users:
+                pipe.sadd(self.k("m", sid), *users)
+            for uid in users:
+                pipe.sadd(self.k("us", uid), sid)
+            pipe.set(self.k("mv", sid), seq)
+            await pipe.execute()
+        if not skipped and user_ids:
+            await self.r.sadd(self.k("mk"), *user_ids)
+        return skipped
 
     async def is_member(self, session_id: str, user_id: str) -> bool | None:
         """True / False; None when the projection does not know the session."""

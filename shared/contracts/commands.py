@@ -114,7 +114,17 @@ class SendAttachmentMessage(Contract):
     attachment: Attachment
 
 
+class ListMemberships(Contract):
+    """Service callers only (an admin actor whose user id starts with ``service:``): every
+    session any of the users is in, with all its participants and its ``last_seq`` (presence
+    rebuilds its membership projection from it after Redis lost its data).
+    Answer: ``{"sessions": {session_id: [user_id, ...]}, "seqs": {session_id: last_seq}}``."""
+    TYPE = "messaging.memberships"
+    user_ids: list[UserId] = Field(min_length=1, max_length=1000)
+
+
 MESSAGING_COMMANDS: tuple[type[Contract], ...] = (
     CreateSession, GetSession, ListSessions, SendMessage, GetMessages, GetEvents, JoinSession,
     MarkReceipt, DeleteMessage, AddParticipant, RemoveParticipant, SendAttachmentMessage,
+    ListMemberships,
 )

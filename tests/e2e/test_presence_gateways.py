@@ -130,12 +130,16 @@ async def test_presence_heals_after_redis_loses_its_data_and_never_blocks_messag
         await wait_for(lambda: _pings(redis), 10, "private redis up")
         stack = await isolated_stack()
         (gw,) = await start(stack, **env)
-        alice, bob = user("alice"), user("bob")
+        alice, bob, carol = user("alice"), user("bob"), user("carol")
         sid = await session_of(stack, http, alice, bob)
+        # Alice and carol share only a session nobody opens: presence knows it from
+        # messaging's membership events, which FLUSHALL loses and nothing replays.
+        await session_of(stack, http, alice, carol)
         a = await Ws.connect(http, ws_url(gw), stack.token(alice))
         await a.join(sid)
         b = await Ws.connect(http, ws_url(gw), stack.token(bob))
         assert set((await b.join(sid))["online_users"]) == {alice, bob}
+        c = await Ws.connect(http, ws_url(gw), stack.token(carol))
 
         async def alice_seen_online():
             probe = await Ws.connect(http, ws_url(gw), stack.token(bob))
@@ -153,6 +157,25 @@ async def test_presence_heals_after_redis_loses_its_data_and_never_blocks_messag
         await b.until(lambda f: f["type"] == "new_message")
         await wait_for(alice_seen_online, 6, "alice online again after FLUSHALL")
         assert time.monotonic() - flushed <= 6
+
+        async def carol_hears_alice_away():
+            # Each try is a change (online -> away, then back): never a no-op.
+            assert (await a.request({"type": "set_presence", "status": "away"}))["type"] \
+                == "ack"
+            try:
+                return await c.until(presence_of(alice, "away"), timeout=1)
+            except TimeoutError:
+                return None
+            finally:
+                assert (await a.request({"type": "set_presence", "status": "online"}))[
+                    "type"] == "ack"
+
+        # The membership projection is healed too, within the lease (6 s).
+        heard = await wait_for(carol_hears_alice_away, 6 - (time.monotonic() - flushed),
+                               "carol hears alice's presence after FLUSHALL")
+        assert heard["last_seen"]
+        assert time.monotonic() - flushed <= 6
+        await c.close()
 
         # 2. Redis down: joins and messages go on (joined answers without presence).
         holder["proc"].kill()

@@ -135,10 +135,14 @@ class Sampler:
         total = b["machine"]["total_s"] - a["machine"]["total_s"]
         out["machine_busy_pct_of_all_cores"] = round(100 * busy / total, 1) if total else None
         out["cores"] = os.cpu_count()
-        # What the machine did besides these processes (other work on a shared machine).
-        ours = sum(v for k, v in out.items() if k.endswith("_pct") and k != "other_pct")
+        # What the machine did besides these processes: interrupts (the loopback network),
+        # the hypervisor, and other work on a shared machine.
+        ours = sum(v for k, v in out.items() if k.endswith("_pct"))
+        for key in ("softirq_s", "steal_s"):
+            out[f"{key[:-2]}_pct"] = round(100 * (b["machine"][key] - a["machine"][key]) / wall, 1)
         if total:
-            out["other_pct"] = round(100 * busy / wall - ours, 1)
+            out["other_pct"] = round(100 * busy / wall - ours - out["softirq_pct"]
+                                     - out["steal_pct"], 1)
         return out
 
 

@@ -123,50 +123,55 @@ class Client:
             await asyncio.shield(self.joined)
 
     async def reader(self) -> None:
-        ws, tally, peer = self.ws, self.tally, self.peer
+        ws, peer = self.ws, self.peer
         text_type = aiohttp.WSMsgType.TEXT
         try:
             while True:
                 msg = await ws.receive()
                 if msg.type is not text_type:
                     break
-                frame = orjson.loads(msg.data)
-                kind = frame.get("type")
-                if kind == "new_message":
-                    now = now_ns()
-                    body = frame["message"]["body"]
-                    sent = int(body[2:body.index(" ", 2)])
-                    tally.message(peer, frame["seq"], int(frame["message"]["client_msg_id"]),
-                                  sent, now)
-                elif kind == "ack":
-                    ref = frame.get("ref")
-                    if ref == "join":
-                        continue  # ``joined`` follows
-                    tally.ack(int(ref), now_ns())
-                elif kind == "error":
-                    ref = frame.get("ref")
-                    k = int(ref) if ref and ref.isdigit() else None
-                    tally.error(frame.get("code", "?"), frame, k)
-                    if ref == "join" and not self.joined.done():
-                        self.joined.set_exception(RuntimeError(f"join refused: {frame}"))
-                else:
-                    tally.frames[kind] += 1
-                    if kind == "joined":
-                        peer.last_seq = frame["last_seq"]
-                        if not self.joined.done():
-                            self.joined.set_result(None)
-                    elif kind == "hello" and not self.hello.done():
-                        self.hello.set_result(None)
-        except Exception as exc:  # a malformed frame is a finding, not a crash of the run
-            tally.error("client_exception", {"error": repr(exc)})
+                try:
+                    self.on_frame(orjson.loads(msg.data))
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                    # A frame not as the SPEC says is a finding, not the end of the connection.
+                    self.tally.error("bad_frame", {"error": repr(exc), "frame": msg.data[:300]})
         finally:
             self.closed = True
             if not self.stopping:
-                tally.error(f"closed:{ws.close_code}", {"user": peer.user_id,
-                                                        "close_code": ws.close_code})
+                self.tally.error(f"closed:{ws.close_code}", {"user": peer.user_id,
+                                                             "close_code": ws.close_code})
             for fut in (self.hello, self.joined):
                 if not fut.done():
                     fut.set_exception(ConnectionError(f"socket closed ({ws.close_code})"))
+
+    def on_frame(self, frame: dict) -> None:
+        tally, kind = self.tally, frame.get("type")
+        if kind == "new_message":
+            now = now_ns()
+            message = frame["message"]
+            body = message["body"]
+            sent = int(body[2:body.index(" ", 2)])  # "t=<ns> c=<k>"
+            tally.message(self.peer, frame["seq"], int(message["client_msg_id"]), sent, now)
+        elif kind == "ack":
+            ref = frame.get("ref")
+            if ref != "join":  # a join's ack is followed by ``joined``
+                tally.ack(int(ref), now_ns())
+        elif kind == "error":
+            ref = frame.get("ref")
+            k = int(ref) if ref and ref.isdigit() and int(ref) < len(tally.ack_ns) else None
+            tally.error(frame.get("code", "?"), frame, k)
+            if ref == "join" and not self.joined.done():
+                self.joined.set_exception(RuntimeError(f"join refused: {frame}"))
+        else:
+            tally.frames[kind] += 1
+            if kind == "notification":
+                tally.notification(self.peer, frame, frame.get("session_id") == self.session_id)
+            elif kind == "joined":
+                self.peer.last_seq = frame["last_seq"]
+                if not self.joined.done():
+                    self.joined.set_result(None)
+            elif kind == "hello" and not self.hello.done():
+                self.hello.set_result(None)
 
 
 # ---- phases ------------------------------------------------------------------------------------
@@ -310,11 +315,14 @@ async def run(args: argparse.Namespace) -> dict:
     run_id = args.run_id or uuid.uuid4().hex[:8]
 
     sizes = group_sizes(args.connections, args.participants)
-    peers, members = [], []
+    peers: list[Peer] = []
+    members: list[list[int]] = []
     for session, size in enumerate(sizes):
-        members.append(list(range(len(peers), len(peers) + size)))
-        peers.extend(Peer(len(peers), f"bench-{run_id}-{len(peers) + i}", session)
-                     for i in range(size))
+        first = len(peers)
+        members.append(list(range(first, first + size)))
+        for idx in range(first, first + size):
+            peers.append(Peer(idx, f"bench-{run_id}-{idx}", session))
+    assert len({p.user_id for p in peers}) == len(peers), "every connection is its own user"
     tally = Tally(peers, members)
     clients = [Client(p, mint_token(secret, p.user_id, "client", ttl_s=3600 * 3), tally)
                for p in peers]
@@ -372,7 +380,8 @@ def _ok(result: dict, args: argparse.Namespace) -> bool:
         return not failed_setup and not result["errors_by_code"]
     return (not failed_setup and result["acked"] == result["sent"] > 0
             and not result["errors_by_code"] and result["missing"] == 0
-            and result["duplicates"] == 0 and result["out_of_order"] == 0)
+            and result["duplicates"] == 0 and result["out_of_order"] == 0
+            and not result["unexpected_notifications"])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

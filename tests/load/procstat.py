@@ -80,15 +80,18 @@ def server_pids(command: str, marker: str = "") -> set[int]:
 class MachineCpu:
     busy_s: float
     total_s: float
+    softirq_s: float  # network stacks (loopback included): charged to no process
+    steal_s: float  # taken by the hypervisor for other machines
 
 
 def machine_cpu() -> MachineCpu:
     """CPU time of all cores together since boot, busy (not idle or iowait) and in total."""
     with open("/proc/stat") as stat:
-        ticks = [int(v) for v in stat.readline().split()[1:]]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+        ticks = [int(v) for v in stat.readline().split()[1:]] + [0] * 8
+    idle = ticks[3] + ticks[4]
     total = sum(ticks[:8])
-    return MachineCpu((total - idle) / CLOCK_TICKS, total / CLOCK_TICKS)
+    return MachineCpu((total - idle) / CLOCK_TICKS, total / CLOCK_TICKS,
+                      (ticks[5] + ticks[6]) / CLOCK_TICKS, ticks[7] / CLOCK_TICKS)
 
 
 def raise_fd_limit() -> int:

@@ -15,7 +15,7 @@ COUNTERS = ("chat_broker_published_messages_total", "chat_broker_consumed_messag
             "chat_batch_envelopes_count", "chat_rpc_seconds_sum", "chat_rpc_seconds_count")
 
 
-async def scrape(url: str, timeout_s: float = 5.0) -> dict[str, float] | None:
+async def scrape(url: str, timeout_s: float = 10.0) -> dict[str, float] | None:
     """Every sample of a Prometheus text page (``name{labels}`` -> value); None if it does not
     answer in time (an overloaded service may not)."""
     try:
@@ -40,7 +40,8 @@ def window(before: dict[str, float] | None, after: dict[str, float] | None,
            seconds: float) -> dict:
     """Counter increases between two scrapes (per second too), and the mean batch size."""
     if not before or not after or seconds <= 0:
-        return {}
+        return {"no_answer_at": [phase for phase, page in (("start", before), ("end", after))
+                                 if not page]}
     grown = {name: after[name] - before.get(name, 0.0) for name in after
              if name.startswith(COUNTERS) and after[name] - before.get(name, 0.0) > 0}
     out: dict = {"increase": grown,

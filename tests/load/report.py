@@ -10,6 +10,16 @@ def _ms(latency: dict) -> str:
             f"max {latency['max']} ms  ({latency['count']} samples)")
 
 
+def _short(metric: str) -> str:
+    """``chat_broker_published_messages_total{exchange="chat.events",kind="message"}`` ->
+    ``published{chat.events,message}``."""
+    for noise in ("chat_broker_", "chat_", "_messages_total", "_total", '"'):
+        metric = metric.replace(noise, "")
+    for label in ("exchange=", "queue=", "kind=", "outcome=", "type=", "routing_key=", "why="):
+        metric = metric.replace(label, "")
+    return metric
+
+
 def render(report: dict) -> str:
     lg = report.get("loadgen", {})
     cfg, setup = lg.get("config", {}), lg.get("setup", {})
@@ -33,6 +43,9 @@ def render(report: dict) -> str:
                      f"(to others {lg.get('missing_to_others')}, echo {lg.get('missing_echo')})  "
                      f"duplicates {lg.get('duplicates')}  out of order {lg.get('out_of_order')} "
                      f"(gaps {lg.get('seq_gaps')}, regressions {lg.get('seq_regressions')})")
+    if lg.get("unexpected_notifications"):
+        lines.append(f"notification frames to joined connections (SPEC: new_message only): "
+                     f"{lg['unexpected_notifications']}")
     lines.append(f"errors    {lg.get('errors_by_code') or 'none'}")
     for sample in (lg.get("error_samples") or [])[:3]:
         lines.append(f"          e.g. {sample}")
@@ -52,13 +65,18 @@ def render(report: dict) -> str:
                          f"{each}; machine busy {cpu.get('machine_busy_pct_of_all_cores')}% "
                          f"of all cores")
     for name, counters in (report.get("metrics_window") or {}).items():
-        if counters:
-            rates = ", ".join(f"{k} {v}/s" for k, v in counters.get("per_s", {}).items())
+        if counters.get("no_answer_at"):
+            lines.append(f"{name} counters: /metrics did not answer within 10 s at the window's "
+                         f"{' and '.join(counters['no_answer_at'])}")
+        elif counters:
+            rates = ", ".join(f"{_short(k)} {v}/s" for k, v in counters.get("per_s", {}).items())
             lines.append(f"{name} counters in the window: {rates or 'none'}")
             if counters.get("mean_batch"):
-                lines.append(f"    mean batch {counters['mean_batch']}")
+                lines.append("    mean batch " + ", ".join(
+                    f"{_short(k)} {v}" for k, v in counters["mean_batch"].items()))
             if counters.get("mean_rpc_ms"):
-                lines.append(f"    mean rpc ms {counters['mean_rpc_ms']}")
+                lines.append("    mean rpc ms " + ", ".join(
+                    f"{_short(k)} {v}" for k, v in counters["mean_rpc_ms"].items()))
     for name, prof in (report.get("profiles") or {}).items():
         lines.append(f"profile {name}: {prof.get('samples')} samples; top self:")
         for row in (prof.get("self") or [])[:10]:

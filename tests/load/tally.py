@@ -10,7 +10,9 @@ Checked at the end:
   its sender's own connection once (``missing``, ``duplicates``);
 - per connection (each is joined to one session) the stream seqs rise by exactly one from the
   ``last_seq`` of its ``joined`` frame (``out_of_order``: gaps and regressions);
-- errors by code (``error`` frames, failed connections, sends on closed sockets).
+- errors by code (``error`` frames, failed connections, sends on closed sockets);
+- no ``notification`` frames: every connection has joined its one session, so it must get
+  ``new_message`` for it and never both (SPEC capability 9), and nothing of other sessions.
 
 Measured over the window after the warm-up (``window_start``..``window_end``):
 
@@ -66,6 +68,8 @@ class Tally:
         self.errors = Counter()
         self.error_samples: list[dict] = []
         self.frames = Counter()
+        self.notifications = Counter()  # "joined_session" / "other_session"
+        self.notification_samples: list[dict] = []
         self.duplicates = 0
         self.seq_gaps = 0
         self.seq_regressions = 0
@@ -127,6 +131,12 @@ class Tally:
         if sent >= self.window_start:
             self.latencies.append(now - sent)
 
+    def notification(self, peer: Peer, frame: dict, own_session: bool) -> None:
+        self.notifications["joined_session" if own_session else "other_session"] += 1
+        if len(self.notification_samples) < 10:
+            self.notification_samples.append({"to": peer.user_id, "own_session": own_session,
+                                              "frame": frame})
+
     def outstanding(self) -> int:
         """Acks and receipts still owed (0: nothing more is expected)."""
         return max(0, self.sent - self.acked - len(self.failed)) + max(0, self.owed)
@@ -178,4 +188,6 @@ class Tally:
             "latency_ms": percentiles_ms(self.latencies),
             "send_lag_ms": percentiles_ms(self.send_lag),
             "frames_by_type": dict(self.frames),
+            "unexpected_notifications": dict(self.notifications),
+            "notification_samples": self.notification_samples,
         }
