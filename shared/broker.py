@@ -67,6 +67,16 @@ class TransientError(Exception):
     delivery limit (the messages stay unacked; callers time out and retry idempotently)."""
 
 
+def retry_when(errors: tuple[type[BaseException], ...], handler: BatchHandler) -> BatchHandler:
+    """Wrap a batch handler so that ``errors`` (a store being away) become TransientError."""
+    async def handle(envelopes: list[Envelope]) -> list[dict[str, Any]]:
+        try:
+            return await handler(envelopes)
+        except errors as exc:
+            raise TransientError(str(exc)) from exc
+    return handle
+
+
 class Broker:
     def __init__(self, settings: CommonSettings, service: str, *,
                  coalesce_window_s: float = 0.002, max_request_batch: int = 256):

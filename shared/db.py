@@ -14,6 +14,11 @@ from .logging import get_logger
 
 log = get_logger(__name__)
 MIGRATION_LOCK = 0x63686174  # "chat"
+# Postgres unreachable, restarting or out of connections: worth retrying, never a poison
+# message (see ``shared.broker.retry_when``).
+UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.OperatorInterventionError, asyncpg.TooManyConnectionsError,
+               asyncpg.ConnectionDoesNotExistError)
 
 
 async def ensure_database(url: str) -> None:
@@ -72,3 +77,11 @@ async def connect(url: str) -> asyncpg.Connection:
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                      init=_init_connection, command_timeout=30)
+
+
+def readiness(pool: asyncpg.Pool):
+    """A ``/readyz`` check: the pool hands out a connection that answers."""
+    async def database_ready() -> bool:
+        async with pool.acquire(timeout=1) as conn:
+            return await conn.fetchval("SELECT true")
+    return database_ready

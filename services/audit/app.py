@@ -14,8 +14,8 @@ from pathlib import Path
 import asyncpg
 
 from shared import service
-from shared.broker import Broker, TransientError
-from shared.db import apply_migrations, ensure_database
+from shared.broker import Broker, retry_when
+from shared.db import UNREACHABLE, apply_migrations, ensure_database, readiness
 from shared.logging import configure_logging, get_logger
 from shared.ops import start_ops_server
 from shared.settings import load_settings
@@ -27,8 +27,6 @@ from .settings import AuditSettings
 
 log = get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-             asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError)
 # Everything that may be audited: the session streams (messaging), media's events
 # (``attachment.<id>.<event>``) and AuditFacts (``audit.<source>.<action>``). Not ``user.#``:
 # presence changes are not state worth an audit entry.
@@ -53,12 +51,7 @@ async def open_pool(settings: AuditSettings, *, max_size: int | None = None) -> 
 
 
 def _transient(handler):
-    async def handle(envelopes):
-        try:
-            return await handler(envelopes)
-        except TRANSIENT as exc:
-            raise TransientError(str(exc)) from exc
-    return handle
+    return retry_when(UNREACHABLE, handler)
 
 
 async def serve(settings: AuditSettings, stop: asyncio.Event) -> None:
@@ -68,14 +61,10 @@ async def serve(settings: AuditSettings, stop: asyncio.Event) -> None:
     await broker.start()
     deps = Deps(pool=pool)
 
-    async def database_ready() -> bool:
-        async with pool.acquire(timeout=1) as conn:
-            return await conn.fetchval("SELECT true")
-
     async def broker_ready() -> bool:
         return broker.is_connected
 
-    ops = await start_ops_server({"postgres": database_ready, "rabbitmq": broker_ready},
+    ops = await start_ops_server({"postgres": readiness(pool), "rabbitmq": broker_ready},
                                  settings.audit_ops_host, settings.audit_ops_port)
     events = await broker.serve(events_queue(), _transient(lambda e: append_events(e, deps)),
                                 prefetch=settings.audit_prefetch,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from shared import service
 from shared.broker import Broker
-from shared.db import apply_migrations, create_pool, ensure_database
+from shared.db import apply_migrations, create_pool, ensure_database, readiness
 from shared.logging import configure_logging, get_logger
 from shared.ops import start_ops_server
 from shared.s3 import ObjectStore
@@ -61,10 +61,6 @@ async def serve(settings: MediaSettings, stop: asyncio.Event) -> None:
         max_bytes=settings.upload_max_bytes, url_ttl=timedelta(seconds=settings.media_url_ttl_s),
         wake_outbox=relay.wake, work_dir=settings.media_work_dir)
 
-    async def database_ready() -> bool:
-        async with pool.acquire(timeout=1) as conn:
-            return await conn.fetchval("SELECT true")
-
     async def broker_ready() -> bool:
         return broker.is_connected
 
@@ -72,7 +68,7 @@ async def serve(settings: MediaSettings, stop: asyncio.Event) -> None:
         return await objects.bucket_ready()
 
     ops = await start_ops_server(
-        {"postgres": database_ready, "rabbitmq": broker_ready, "s3": storage_ready},
+        {"postgres": readiness(pool), "rabbitmq": broker_ready, "s3": storage_ready},
         settings.media_ops_host, settings.media_ops_port)
     relay_task = service.watch(asyncio.create_task(relay.run()), stop, "outbox_relay")
     sweeper_task = asyncio.create_task(_sweep_forever(deps, settings))

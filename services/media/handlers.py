@@ -32,6 +32,7 @@ from shared.contracts.media import (
     attachment_key,
 )
 from shared.contracts.registry import payload_of
+from shared.db import UNREACHABLE
 from shared.logging import get_logger
 from shared.metrics import ENVELOPES_HANDLED
 from shared.s3 import StorageError
@@ -155,8 +156,7 @@ async def handle_events(envelopes: list[Envelope], deps: Deps) -> list[dict]:
     if relevant:
         try:
             await _apply_events(relevant, deps)
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError, StorageError) as exc:
+        except (*UNREACHABLE, StorageError) as exc:
             raise TransientError(str(exc)) from exc
     return [ok(None) for _ in envelopes]
 

@@ -9,11 +9,16 @@ import asyncio
 import sys
 from pathlib import Path
 
-import asyncpg
-
 from shared import service
-from shared.broker import Broker, TransientError
-from shared.db import apply_migrations, connect, create_pool, ensure_database
+from shared.broker import Broker, retry_when
+from shared.db import (
+    UNREACHABLE,
+    apply_migrations,
+    connect,
+    create_pool,
+    ensure_database,
+    readiness,
+)
 from shared.logging import configure_logging, get_logger
 from shared.ops import start_ops_server
 from shared.settings import load_settings
@@ -26,10 +31,6 @@ from .settings import MessagingSettings
 
 log = get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
-# A store that is unreachable or restarting: retried, never dead-lettered.
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-             asyncpg.OperatorInterventionError, asyncpg.TooManyConnectionsError,
-             asyncpg.ConnectionDoesNotExistError, TimeoutError)
 
 
 async def migrate(settings: MessagingSettings) -> None:
@@ -46,20 +47,12 @@ async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
     relay = OutboxRelay(settings.messaging_database_url, broker)
     deps = Deps(pool=pool, on_commit=relay.wake)
 
-    async def handle(envelopes):
-        try:
-            return await handle_batch(envelopes, deps)
-        except TRANSIENT as exc:
-            raise TransientError(str(exc)) from exc
-
-    async def database_ready() -> bool:
-        async with pool.acquire(timeout=1) as conn:
-            return await conn.fetchval("SELECT true")
+    handle = retry_when(UNREACHABLE, lambda envelopes: handle_batch(envelopes, deps))
 
     async def broker_ready() -> bool:
         return broker.is_connected
 
-    ops = await start_ops_server({"postgres": database_ready, "rabbitmq": broker_ready},
+    ops = await start_ops_server({"postgres": readiness(pool), "rabbitmq": broker_ready},
                                  settings.messaging_ops_host, settings.messaging_ops_port)
     relay_task = service.watch(asyncio.create_task(relay.run()), stop, "outbox_relay")
     consumer = await broker.serve(command_queue("messaging"), handle,
