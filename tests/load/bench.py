@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,8 +58,10 @@ DEFAULT_FRAMES_PER_S, DEFAULT_FRAMES_BURST = 50.0, 200
 IDLE_SETTLE_S = 2.0  # after the last join, before the idle memory reading
 # Services the bench may start besides the gateway (media needs an S3 server: not here).
 SERVICES = ("messaging", "presence", "audit")
-BACKING = {"rabbitmq": ("beam.smp",), "postgres": ("postgres",)}
-SERVER_MARKERS = {"rabbitmq": "rabbit boot", "postgres": ""}  # see procstat.server_pids
+# The backing servers: (command, how to tell its main process: see procstat.server_pids).
+SERVERS = {"rabbitmq": ("beam.smp", "rabbit boot"), "postgres": ("postgres", "")}
+# Postgres processes that work for the run: its databases' backends and the writers.
+POSTGRES_SHARED = ("walwriter", "checkpointer", "background writer")
 
 
 def log(text: str) -> None:
@@ -83,8 +86,11 @@ def rate_limits(per_connection_rate: float) -> dict[str, str]:
 class Sampler:
     """Memory and CPU of the processes of the run, read from /proc at each phase."""
 
-    def __init__(self, processes: dict[str, int]):
+    def __init__(self, processes: dict[str, int], run_id: str):
         self.processes = processes  # name -> pid
+        # RabbitMQ is one process for every user of the machine; of Postgres only the
+        # backends of this run's databases (``t<run_id>_*``) and the writers are counted.
+        self.markers = {"rabbitmq": (), "postgres": (f"t{run_id}_", *POSTGRES_SHARED)}
         self.samples: dict[str, dict] = {}
 
     def take(self, phase: str) -> dict:
@@ -94,10 +100,10 @@ class Sampler:
                 sample[name] = {"cpu_s": procstat.cpu_seconds(pid), **procstat.memory_kb(pid)}
             except (FileNotFoundError, ProcessLookupError):
                 sample[name] = None
-        for name, commands in BACKING.items():
-            sample[name] = {"cpu_s": procstat.cpu_seconds_by_command(commands),
-                            "pids": sorted(procstat.server_pids(commands[0],
-                                                                SERVER_MARKERS[name]))}
+        for name, (command, main_marker) in SERVERS.items():
+            sample[name] = {"cpu_s": procstat.cpu_seconds_by_command(command,
+                                                                     self.markers[name]),
+                            "pids": sorted(procstat.server_pids(command, main_marker))}
         self.samples[phase] = sample
         return sample
 
@@ -119,7 +125,7 @@ class Sampler:
         """Backing servers whose main process changed during the run (someone restarted
         them: every number of this run is then suspect)."""
         phases = list(self.samples.values())
-        return [name for name in BACKING
+        return [name for name in SERVERS
                 if phases and phases[0][name]["pids"] != phases[-1][name]["pids"]]
 
     def cpu(self, start: str, end: str) -> dict:
@@ -128,7 +134,7 @@ class Sampler:
             return {}
         wall = b["t"] - a["t"]
         out: dict = {"wall_s": round(wall, 2)}
-        for name in [*self.processes, *BACKING]:
+        for name in [*self.processes, *SERVERS]:
             if a.get(name) and b.get(name):
                 out[f"{name}_pct"] = round(100 * (b[name]["cpu_s"] - a[name]["cpu_s"]) / wall, 1)
         busy = b["machine"]["busy_s"] - a["machine"]["busy_s"]
@@ -178,7 +184,8 @@ async def run_loadgen(args: argparse.Namespace, stack: Stack, outdir: Path
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env,
                                                 stdin=asyncio.subprocess.PIPE,
                                                 stdout=asyncio.subprocess.PIPE)
-    sampler = Sampler({p.name: p.proc.pid for p in stack.processes} | {"loadgen": proc.pid})
+    sampler = Sampler({p.name: p.proc.pid for p in stack.processes} | {"loadgen": proc.pid},
+                      stack.backends.run_id)
     sampler.take("start")
     profiles: dict[str, tuple] = {}
     scraped: dict[str, dict] = {}
@@ -250,6 +257,19 @@ async def forget_presence_keys(redis_url: str, prefix: str) -> None:
         await client.aclose()
 
 
+def code_version() -> dict:
+    """The commit measured, and the files that differ from it (numbers belong to code)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no",
+                                        "--", "services", "shared").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "changed_service_files": changed}
+
+
 async def machine_busy_pct(seconds: float = 2.0) -> float:
     """How busy the machine is before the bench starts: other work skews every number."""
     before = procstat.machine_cpu()
@@ -276,7 +296,7 @@ async def bench(args: argparse.Namespace) -> dict:
     limits = {} if args.idle_connections else rate_limits(args.rate / connections)
     quiet = {"CHAT_LOG_LEVEL": "warning"}
     report: dict = {"stamp": stamp, "args": vars(args), "fd_limit": fd_limit,
-                    "machine_busy_before_pct": busy,
+                    "machine_busy_before_pct": busy, "code": code_version(),
                     "gateway_overrides": limits, "vhost": backends.vhost}
     try:
         log(f"starting {', '.join(args.services)} and the gateway (logs in {outdir})")

@@ -30,16 +30,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def cpu_seconds_by_command(commands: tuple[str, ...]) -> float:
-    """CPU time of every process whose command name is one of ``commands`` (e.g. the backing
-    servers: ``beam.smp`` for RabbitMQ, ``postgres``). Processes that ended are not counted."""
+def cpu_seconds_by_command(command: str, markers: tuple[str, ...] = ()) -> float:
+    """CPU time of every process named ``command`` whose command line holds one of
+    ``markers`` (all of them when none are given): e.g. ``beam.smp`` for RabbitMQ, or the
+    ``postgres`` backends of one database (their title names it). Ended processes are lost."""
     total = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/comm") as comm:
-                if comm.read().strip() not in commands:
+                if comm.read().strip() != command:
+                    continue
+            if markers:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    title = cmdline.read().decode(errors="replace")
+                if not any(marker in title for marker in markers):
                     continue
             total += cpu_seconds(int(entry))
         except (FileNotFoundError, ProcessLookupError, PermissionError):

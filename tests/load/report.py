@@ -23,7 +23,11 @@ def _short(metric: str) -> str:
 def render(report: dict) -> str:
     lg = report.get("loadgen", {})
     cfg, setup = lg.get("config", {}), lg.get("setup", {})
-    lines = ["", "=== chat bench " + ("(idle connections)" if cfg.get("idle") else "") + "=" * 20]
+    code = report.get("code") or {}
+    lines = ["", "=== chat bench " + ("(idle connections) " if cfg.get("idle") else "")
+             + f"at {code.get('commit')}"
+             + (f" + changes to {len(code['changed_service_files'])} service files"
+                if code.get("changed_service_files") else "") + " " + "=" * 20]
     lines.append(f"connections {cfg.get('connections')} in {cfg.get('sessions')} sessions "
                  f"({cfg.get('sessions_of_2')} of 2, {cfg.get('sessions_of_3')} of 3); "
                  f"joined {setup.get('connected')} in {setup.get('connect_s')} s "
