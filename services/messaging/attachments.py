@@ -17,8 +17,8 @@ from shared.contracts.envelope import Actor
 from shared.contracts.errors import ErrorCode, ServiceError
 from shared.contracts.fields import rfc3339
 
-from . import domain, store
-from .writes import Write, event
+from . import domain
+from .writes import Write, append_messages
 
 
 def decide(state: domain.SessionState | None, existing: domain.StoredMessage | None,
@@ -46,27 +46,4 @@ def decide(state: domain.SessionState | None, existing: domain.StoredMessage | N
 
 async def send_attachment_messages(conn, writes: list[Write], results: list, now: datetime
                                    ) -> list:
-    session_ids = sorted({w.command.session_id for w in writes})
-    states = await store.load_sessions(conn, session_ids, for_update=True)
-    keys = [(w.command.session_id, w.envelope.actor.user_id, w.command.client_msg_id)
-            for w in writes]
-    stored = await store.find_by_client_ids(conn, keys)
-    events = []
-    for w, key in zip(writes, keys, strict=True):
-        state = states.get(w.command.session_id)
-        try:
-            decision = decide(state, stored.get(key), w.command, w.envelope.actor, now)
-        except ServiceError as exc:
-            results[w.index] = exc
-            continue
-        if isinstance(decision, domain.StoredMessage):
-            results[w.index] = {"message": decision.view, "created": False}
-            continue
-        message = decision["message"]
-        state.last_seq = decision["seq"]
-        stored[key] = domain.StoredMessage(w.command.message_id, decision["seq"], None, message)
-        notify = [u for u in state.participants if u != w.envelope.actor.user_id]
-        events.append(event(w, w.command.session_id, decision["seq"], "message_sent",
-                            decision, now).with_recipients(notify))
-        results[w.index] = {"message": message, "created": True}
-    return events
+    return await append_messages(conn, writes, results, now, decide)

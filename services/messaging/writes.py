@@ -52,7 +52,10 @@ async def create_sessions(conn, writes: list[Write], results: list, now: datetim
     return events
 
 
-async def send_messages(conn, writes: list[Write], results: list, now: datetime) -> list:
+async def append_messages(conn, writes: list[Write], results: list, now: datetime,
+                          decide) -> list:
+    """Text and attachment messages alike: lock the sessions, look the idempotency keys up,
+    let ``decide(state, stored, command, actor, now)`` answer a retry or give the next seq."""
     session_ids = sorted({w.command.session_id for w in writes})
     states = await store.load_sessions(conn, session_ids, for_update=True)
     keys = [(w.command.session_id, w.envelope.actor.user_id, w.command.client_msg_id)
@@ -60,12 +63,11 @@ async def send_messages(conn, writes: list[Write], results: list, now: datetime)
     stored = await store.find_by_client_ids(conn, keys)
     events = []
     for w, key in zip(writes, keys, strict=True):
-        if faults.poisoned(w.command.body):
+        if faults.poisoned(getattr(w.command, "body", None)):
             raise RuntimeError("injected poison command")
         state = states.get(w.command.session_id)
         try:
-            decision = domain.send_message(state, stored.get(key), w.command, w.envelope.actor,
-                                           now)
+            decision = decide(state, stored.get(key), w.command, w.envelope.actor, now)
         except ServiceError as exc:
             results[w.index] = exc
             continue
@@ -75,13 +77,17 @@ async def send_messages(conn, writes: list[Write], results: list, now: datetime)
         message = decision["message"]
         state.last_seq = decision["seq"]
         stored[key] = domain.StoredMessage(w.command.message_id, decision["seq"],
-                                           w.command.body, message)
+                                           message["body"], message)
         # Everyone else in the session is told (notifications to sockets not joined to it).
         notify = [u for u in state.participants if u != w.envelope.actor.user_id]
         events.append(event(w, w.command.session_id, decision["seq"], "message_sent",
                             decision, now).with_recipients(notify))
         results[w.index] = {"message": message, "created": True}
     return events
+
+
+async def send_messages(conn, writes: list[Write], results: list, now: datetime) -> list:
+    return await append_messages(conn, writes, results, now, domain.send_message)
 
 
 async def mark_receipts(conn, writes: list[Write], results: list, now: datetime) -> list:
