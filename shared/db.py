@@ -74,9 +74,16 @@ async def connect(url: str) -> asyncpg.Connection:
     return conn
 
 
+async def _no_session_state_to_reset(conn: asyncpg.Connection) -> None:
+    """Replaces asyncpg's reset query (a round trip on every release). The pool itself still
+    rolls back a transaction left open; pooled connections never take session-level state
+    (LISTEN, session advisory locks, SET): what needs it opens a connection of its own."""
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                     init=_init_connection, command_timeout=30)
+                                     init=_init_connection, reset=_no_session_state_to_reset,
+                                     command_timeout=30)
 
 
 def readiness(pool: asyncpg.Pool):

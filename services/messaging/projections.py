@@ -62,25 +62,32 @@ async def message_sent(conn, events) -> None:
     seqs = [m["seq"] for m in messages]
     senders = [m["sender_id"] for m in messages]
     times = [e.occurred_at for e in events]
+    # One statement: the rows, the sessions' counters and the senders' markers.
     await conn.execute(
-        """INSERT INTO messages (id, session_id, seq, sender_id, kind, body, client_msg_id,
-                                 created_at, deleted, attachment)
-           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
-                                $6::text[], $7::text[], $8::timestamptz[], $9::bool[],
-                                $10::jsonb[])""",
+        """WITH inserted AS (
+             INSERT INTO messages (id, session_id, seq, sender_id, kind, body, client_msg_id,
+                                   created_at, deleted, attachment)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::timestamptz[], $9::bool[],
+                                  $10::jsonb[])),
+           counters AS (
+             UPDATE sessions s SET last_seq = GREATEST(s.last_seq, t.seq),
+                    last_message_seq = GREATEST(COALESCE(s.last_message_seq, 0), t.seq),
+                    last_activity_at = GREATEST(s.last_activity_at, t.at)
+             FROM (SELECT session_id, max(seq) AS seq, max(at) AS at
+                   FROM unnest($2::uuid[], $3::int[], $8::timestamptz[]) AS u(session_id, seq, at)
+                   GROUP BY session_id) t
+             WHERE s.id = t.session_id)
+           INSERT INTO receipts AS r (session_id, user_id, delivered_seq, read_seq)
+           SELECT session_id, user_id, max(seq), max(seq)
+           FROM unnest($2::uuid[], $4::text[], $3::int[]) AS u(session_id, user_id, seq)
+           GROUP BY session_id, user_id
+           ON CONFLICT (session_id, user_id) DO UPDATE
+             SET delivered_seq = GREATEST(r.delivered_seq, EXCLUDED.delivered_seq),
+                 read_seq = GREATEST(r.read_seq, EXCLUDED.read_seq)""",
         ids, sessions, seqs, senders, [m["kind"] for m in messages],
         [m["body"] for m in messages], [m["client_msg_id"] for m in messages], times,
         [bool(m.get("deleted")) for m in messages], [m["attachment"] for m in messages])
-    await conn.execute(
-        """UPDATE sessions s SET last_seq = GREATEST(s.last_seq, t.seq),
-                  last_message_seq = GREATEST(COALESCE(s.last_message_seq, 0), t.seq),
-                  last_activity_at = GREATEST(s.last_activity_at, t.at)
-           FROM (SELECT session_id, max(seq) AS seq, max(at) AS at
-                 FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(session_id, seq, at)
-                 GROUP BY session_id) t
-           WHERE s.id = t.session_id""",
-        sessions, seqs, times)
-    await _move_markers(conn, sessions, senders, seqs, seqs)
 
 
 async def message_deleted(conn, events) -> None:

@@ -10,7 +10,8 @@ Invariants:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 
 import asyncpg
@@ -60,20 +61,50 @@ async def lock_appends(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
 
 
-async def append_events(conn: asyncpg.Connection, events: list[NewEvent]) -> None:
-    """Append in one statement; a duplicate (stream, version) raises UniqueViolationError."""
+# BEGIN and the lock in one round trip (the simple query protocol takes several statements).
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+
+
+@asynccontextmanager
+async def append_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection in a transaction that holds ``APPEND_LOCK`` from its start;
+    committed when the block ends, rolled back when it raises."""
+    async with pool.acquire() as conn:
+        await conn.execute(_BEGIN_LOCKED)
+        try:
+            yield conn
+        except BaseException:
+            if not conn.is_closed():
+                with suppress(Exception):  # the original error is the one worth raising
+                    await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+
+
+async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
+                        inbox: list[tuple[uuid.UUID, str]] = ()) -> None:
+    """Append in one statement, which also records ``inbox`` (the commands handled) and wakes
+    the relays (``events_appended``); a duplicate (stream, version) raises
+    UniqueViolationError."""
     if not events:
+        await record_inbox(conn, inbox)
         return
     await conn.execute(
-        """INSERT INTO events (event_id, stream_id, version, type, schema_version, payload,
-                               actor_id, actor_role, correlation_id, causation_id, occurred_at,
-                               recipients)
-           SELECT e, s, v, t, sv, p, ai, ar, co, ca, o,
-                  CASE WHEN r IS NULL THEN NULL ELSE string_to_array(r, ' ') END
-           FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[],
-                       $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
-                       $11::timestamptz[], $12::text[])
-                AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r)""",
+        """WITH appended AS (
+             INSERT INTO events (event_id, stream_id, version, type, schema_version, payload,
+                                 actor_id, actor_role, correlation_id, causation_id,
+                                 occurred_at, recipients)
+             SELECT e, s, v, t, sv, p, ai, ar, co, ca, o,
+                    CASE WHEN r IS NULL THEN NULL ELSE string_to_array(r, ' ') END
+             FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[],
+                         $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::timestamptz[], $12::text[])
+                  AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r)
+             RETURNING 1),
+           handled AS (
+             INSERT INTO inbox (message_id, type)
+             SELECT * FROM unnest($13::uuid[], $14::text[]) ON CONFLICT DO NOTHING)
+           SELECT pg_notify('events_appended', ''), count(*) FROM appended""",
         [e.event_id for e in events], [e.stream_id for e in events],
         [e.version for e in events], [e.type for e in events],
         [SCHEMA_VERSIONS[e.type] for e in events], [e.payload for e in events],
@@ -83,11 +114,12 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent]) -> Non
         [e.occurred_at for e in events],
         # User ids hold no spaces, so a space-joined string carries the list through unnest.
         [" ".join(e.recipients) if e.recipients is not None else None for e in events],
+        [i[0] for i in inbox], [i[1] for i in inbox],
     )
-    await conn.execute("SELECT pg_notify('events_appended', '')")
 
 
 async def record_inbox(conn: asyncpg.Connection, items: Iterable[tuple[uuid.UUID, str]]) -> None:
+    """Commands handled (append_events records them along with events, when there are)."""
     items = list(items)
     if items:
         await conn.execute(
@@ -104,16 +136,17 @@ async def load_sessions(conn: asyncpg.Connection, session_ids: list[uuid.UUID], 
     order, so two writers can never deadlock)."""
     if not session_ids:
         return {}
-    lock = " FOR UPDATE" if for_update else ""
+    lock = " FOR UPDATE OF s" if for_update else ""
     rows = await conn.fetch(
-        f"SELECT id, created_by, last_seq FROM sessions WHERE id = ANY($1::uuid[])"
-        f" ORDER BY id{lock}", session_ids)
-    states = {r["id"]: SessionState(r["id"], r["created_by"], r["last_seq"]) for r in rows}
-    if states:
-        for r in await conn.fetch(
-                "SELECT session_id, user_id, role FROM participants"
-                " WHERE session_id = ANY($1::uuid[]) ORDER BY added_at, user_id", list(states)):
-            states[r["session_id"]].participants[r["user_id"]] = r["role"]
+        f"""SELECT s.id, s.created_by, s.last_seq,
+                   ARRAY(SELECT ARRAY[p.user_id, p.role] FROM participants p
+                         WHERE p.session_id = s.id ORDER BY p.added_at, p.user_id) AS members
+            FROM sessions s WHERE s.id = ANY($1::uuid[]) ORDER BY s.id{lock}""", session_ids)
+    states = {}
+    for r in rows:
+        state = states[r["id"]] = SessionState(r["id"], r["created_by"], r["last_seq"])
+        for user_id, role in r["members"]:
+            state.participants[user_id] = role
     return states
 
 
