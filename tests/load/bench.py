@@ -23,6 +23,7 @@ Examples::
     make bench BENCH_ARGS="--connections 50 --rate 200 --duration 5"
     make bench BENCH_ARGS="--idle-connections 5000"   # memory per idle connection only
     make bench BENCH_ARGS="--profile"                 # py-spy top functions of both services
+    make bench BENCH_ARGS="--set CHAT_COALESCE_WINDOW_MS=4"   # measure a setting
 
 The result is printed and written as JSON (``var/bench/bench-<stamp>.json`` and
 ``var/bench/latest.json``). Exit status 0 when every check passed.
@@ -294,15 +295,16 @@ async def bench(args: argparse.Namespace) -> dict:
     stack = Stack(backends, outdir)
     connections = args.idle_connections or args.connections
     limits = {} if args.idle_connections else rate_limits(args.rate / connections)
-    quiet = {"CHAT_LOG_LEVEL": "warning"}
+    quiet = {"CHAT_LOG_LEVEL": "warning", **args.settings}
     report: dict = {"stamp": stamp, "args": vars(args), "fd_limit": fd_limit,
                     "machine_busy_before_pct": busy, "code": code_version(),
-                    "gateway_overrides": limits, "vhost": backends.vhost}
+                    "gateway_overrides": limits, "settings": args.settings,
+                    "vhost": backends.vhost}
     try:
         log(f"starting {', '.join(args.services)} and the gateway (logs in {outdir})")
         for name in args.services:
             await stack.start_service(name, **quiet)
-        await stack.start_gateway(**quiet, **limits)
+        await stack.start_gateway(**{**limits, **quiet})
         log("running: " + ", ".join(f"{p.name} pid {p.proc.pid}" for p in stack.processes)
             + f"; gateway at {stack.url}")
         result, sampler, profiles, counters = await run_loadgen(args, stack, outdir)
@@ -365,9 +367,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"{', '.join(SERVICES)} (default messaging,presence)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the services and the generator in the window (costs CPU)")
+    parser.add_argument("--set", action="append", default=[], metavar="CHAT_NAME=VALUE",
+                        help="a setting for every service of the run (repeatable), e.g. "
+                             "--set CHAT_COALESCE_WINDOW_MS=4")
     parser.add_argument("--out", help="JSON file (default var/bench/bench-<stamp>.json and "
                                       "var/bench/latest.json)")
     args = parser.parse_args(argv)
+    args.settings = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("CHAT_"):
+            parser.error(f"--set {item!r}: expected CHAT_NAME=VALUE")
+        args.settings[name] = value
     args.services = [s.strip() for s in args.services.split(",") if s.strip()]
     unknown = [s for s in args.services if s not in SERVICES]
     if unknown or "messaging" not in args.services:

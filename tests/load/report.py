@@ -35,7 +35,8 @@ def render(report: dict) -> str:
     if not cfg.get("idle"):
         lines.append(f"offered {cfg.get('rate')} msg/s for {cfg.get('warmup_s')} s warm-up + "
                      f"{cfg.get('duration_s')} s measured, {cfg.get('per_sender_rate')} msg/s "
-                     f"per user; gateway overrides: {report.get('gateway_overrides') or 'none'}")
+                     f"per user; gateway overrides: {report.get('gateway_overrides') or 'none'}"
+                     f"; settings: {report.get('settings') or 'defaults'}")
         lines.append(f"sent {lg.get('sent')}  acked {lg.get('acked')}  failed "
                      f"{lg.get('failed')}  unanswered {lg.get('unanswered')}  "
                      f"(drain {lg.get('drain_s')} s)")
