@@ -4,9 +4,13 @@
 - ``publish`` uses publisher confirms, ``mandatory`` and a timeout; a failure is a
   ``ServiceError(unavailable)``, never a silent drop. Confirms are pipelined: concurrent publishes
   share the channel and each awaits its own confirm.
-- ``request`` is request/reply over direct reply-to. Requests for the same routing key that
-  arrive within ``coalesce_window_s`` travel as one AMQP message (an array of envelopes) and are
-  answered by one reply; each caller still gets its own result or error. No reply within
+- ``request`` is request/reply over direct reply-to. Requests for one routing key travel
+  together as one AMQP message (an array of envelopes) and are answered by one reply; each
+  caller still gets its own result or error. Coalescing adapts to the load, as Nagle's
+  algorithm does: while fewer than ``max_in_flight`` batches of that key await their reply, a
+  request leaves at the end of the current loop iteration (with whatever arrived in it);
+  otherwise it waits for a reply to come back, at most ``coalesce_window_s``. So an idle
+  system adds no delay and a busy one sends fewer, fuller messages. No reply within
   ``rpc_timeout_s`` becomes 503 ``unavailable``.
 - ``serve`` consumes a durable quorum queue with a prefetch limit, hands the handler every
   envelope that is waiting (up to ``max_batch``) at once, replies, and acks only after the handler
@@ -79,19 +83,23 @@ def retry_when(errors: tuple[type[BaseException], ...], handler: BatchHandler) -
 
 class Broker:
     def __init__(self, settings: CommonSettings, service: str, *,
-                 coalesce_window_s: float = 0.002, max_request_batch: int = 256):
+                 coalesce_window_s: float = 0.01, max_request_batch: int = 256,
+                 max_in_flight: int = 1):
         self.settings = settings
         self.service = service
         self.coalesce_window_s = coalesce_window_s
         self.max_request_batch = max_request_batch
+        self.max_in_flight = max_in_flight
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._reply_channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
-        self._waiting: dict[str, list[asyncio.Future]] = {}
+        # correlation id -> (routing key, the callers' futures) of each batch awaiting its reply
+        self._waiting: dict[str, tuple[str, list[asyncio.Future]]] = {}
+        self._in_flight: dict[str, int] = defaultdict(int)  # batches awaiting a reply, by key
         self._pending: dict[str, list[tuple[dict, asyncio.Future, float]]] = \
             defaultdict(list)
-        self._flush_handles: dict[str, asyncio.TimerHandle] = {}
+        self._flush_handles: dict[str, asyncio.Handle] = {}
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
 
@@ -221,8 +229,11 @@ class Broker:
         if len(pending) >= self.max_request_batch:
             self._flush_now(routing_key)
         elif routing_key not in self._flush_handles:
-            self._flush_handles[routing_key] = loop.call_later(
-                self.coalesce_window_s, self._flush_now, routing_key)
+            if self._in_flight[routing_key] < self.max_in_flight:
+                handle = loop.call_soon(self._flush_now, routing_key)
+            else:  # a reply coming back flushes sooner (see _batch_done)
+                handle = loop.call_later(self.coalesce_window_s, self._flush_now, routing_key)
+            self._flush_handles[routing_key] = handle
         # A timer, not asyncio.wait_for: no extra task per request, which matters at
         # thousands of requests a second.
         timer = loop.call_later(timeout, _expire, future, routing_key)
@@ -242,30 +253,43 @@ class Broker:
             handle.cancel()
         batch = self._pending.pop(routing_key, [])
         if batch:
+            self._in_flight[routing_key] += 1
             self._spawn(self._send_requests(routing_key, batch))
+
+    def _batch_done(self, correlation_id: str) -> list[asyncio.Future] | None:
+        """A batch was answered, failed to publish or was given up on: its slot frees, and
+        requests held for it leave now. Returns its callers' futures (None: already done)."""
+        entry = self._waiting.pop(correlation_id, None)
+        if entry is None:
+            return None
+        routing_key, futures = entry
+        self._in_flight[routing_key] -= 1
+        if self._pending.get(routing_key):
+            self._flush_now(routing_key)
+        return futures
 
     async def _send_requests(self, routing_key: str,
                              batch: list[tuple[dict, asyncio.Future, float]]) -> None:
         correlation_id = uuid.uuid4().hex
         futures = [future for _, future, _ in batch]
-        self._waiting[correlation_id] = futures
+        self._waiting[correlation_id] = (routing_key, futures)
         # Forget the batch once every caller has given up.
         asyncio.get_running_loop().call_later(
-            max(timeout for _, _, timeout in batch) + 1, self._waiting.pop, correlation_id, None)
+            max(timeout for _, _, timeout in batch) + 1, self._batch_done, correlation_id)
         try:
             body = orjson.dumps([env for env, _, _ in batch])
             await self.publish(COMMANDS, [routing_key], body, message_type=routing_key,
                                reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
                                persistent=False)
         except ServiceError as exc:
-            self._waiting.pop(correlation_id, None)
+            self._batch_done(correlation_id)
             RPC_FAILURES.labels(routing_key, "publish").inc()
             for future in futures:
                 if not future.done():
                     future.set_result({"ok": False, "error": exc.to_dict()})
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        futures = self._waiting.pop(message.correlation_id or "", None)
+        futures = self._batch_done(message.correlation_id or "")
         if futures is None:
             return  # the callers gave up (timeout) or it is not ours
         try:

@@ -29,7 +29,8 @@ log = get_logger(__name__)
 
 async def _broker_ctx(app: web.Application):
     settings = app[SETTINGS]
-    broker = Broker(settings, "gateway", coalesce_window_s=settings.coalesce_window_ms / 1000)
+    broker = Broker(settings, "gateway", coalesce_window_s=settings.coalesce_window_ms / 1000,
+                    max_in_flight=settings.coalesce_max_in_flight)
     await broker.start()
     hub = Hub(broker, settings.instance_id)
     await hub.start(lambda conn, sid, after: ws.fetch_events(app, conn, sid, after))
