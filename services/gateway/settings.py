@@ -39,11 +39,10 @@ class GatewaySettings(UploadSettings, CommonSettings):
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
     # Frames queued for one slow client before it is disconnected (it resumes by after_seq).
     ws_send_queue_limit: int = Field(default=5000, ge=10)
-    # Requests to a service leave at once while fewer than CHAT_COALESCE_MAX_IN_FLIGHT batches
-    # of their kind await a reply;
-    # otherwise they wait for a reply to come back, at most this long (see shared.broker).
+    # Requests to a service leave at once while fewer than ``coalesce_max_in_flight`` batches
+    # of their kind await a reply (0: never at once); otherwise they wait for a reply to come
+    # back, at most ``coalesce_window_ms`` (see shared.broker).
     coalesce_window_ms: float = Field(default=10.0, ge=0, le=50)
-    # Batches of one kind awaiting their reply before requests are held (0: always hold).
     coalesce_max_in_flight: int = Field(default=1, ge=0, le=64)
 
     # Presence: every heartbeat renews the leases of this gateway's connections (presence lets

@@ -69,19 +69,17 @@ async def handle_writes(batch: list[Write], results: list, deps: Deps) -> None:
     appended and projected before the next group runs."""
     now = deps.clock()
     appended = 0
-    # The inbox travels with the first append (the hot path: one statement for both).
+    # The inbox travels with the first group's append (the hot path: one statement for both).
     inbox = [(w.envelope.message_id, w.envelope.type) for w in batch]
     async with store.append_transaction(deps.pool) as conn:
         for handler in dict.fromkeys(WRITE_HANDLERS.values()):
             group = [w for w in batch if WRITE_HANDLERS[type(w.command)] is handler]
             if group:
                 events = await handler(conn, group, results, now)
-                if events:
-                    await store.append_events(conn, events, inbox)
-                    inbox = []
-                    await projections.apply(conn, events)
-                    appended += len(events)
-        await store.record_inbox(conn, inbox)
+                await store.append_events(conn, events, inbox)
+                inbox = []
+                await projections.apply(conn, events)
+                appended += len(events)
         # Session answers are read inside the transaction so they include this batch.
         for i, result in enumerate(results):
             if isinstance(result, tuple) and result[0] == "session":

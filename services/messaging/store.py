@@ -10,7 +10,7 @@ Invariants:
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 
@@ -82,7 +82,7 @@ async def append_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connec
 
 
 async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
-                        inbox: list[tuple[uuid.UUID, str]] = ()) -> None:
+                        inbox: Sequence[tuple[uuid.UUID, str]] = ()) -> None:
     """Append in one statement, which also records ``inbox`` (the commands handled) and wakes
     the relays (``events_appended``); a duplicate (stream, version) raises
     UniqueViolationError."""
