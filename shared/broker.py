@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,6 +40,7 @@ from aio_pika.abc import (
 from . import faults
 from .contracts.envelope import Envelope, decode_batch
 from .contracts.errors import ServiceError, unavailable
+from .ids import new_hex
 from .logging import get_logger
 from .metrics import (
     BATCH_SIZE,
@@ -94,8 +94,9 @@ class Broker:
         self._channel: AbstractChannel | None = None
         self._reply_channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
-        # correlation id -> (routing key, the callers' futures) of each batch awaiting its reply
-        self._waiting: dict[str, tuple[str, list[asyncio.Future]]] = {}
+        # correlation id -> (routing key, the callers' futures, its deadline timer) of each
+        # batch awaiting its reply
+        self._waiting: dict[str, tuple[str, list[asyncio.Future], asyncio.TimerHandle]] = {}
         self._in_flight: dict[str, int] = defaultdict(int)  # batches awaiting a reply, by key
         self._pending: dict[str, list[tuple[dict, asyncio.Future, float]]] = \
             defaultdict(list)
@@ -225,7 +226,9 @@ class Broker:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         pending = self._pending[routing_key]
-        pending.append((envelope, future, timeout))
+        # The deadline is kept with the request; one timer per batch enforces them (see
+        # _expire_batch): no timer per request, which matters at thousands a second.
+        pending.append((envelope, future, loop.time() + timeout))
         if len(pending) >= self.max_request_batch:
             self._flush_now(routing_key)
         elif routing_key not in self._flush_handles:
@@ -234,14 +237,10 @@ class Broker:
             else:  # a reply coming back flushes sooner (see _batch_done)
                 handle = loop.call_later(self.coalesce_window_s, self._flush_now, routing_key)
             self._flush_handles[routing_key] = handle
-        # A timer, not asyncio.wait_for: no extra task per request, which matters at
-        # thousands of requests a second.
-        timer = loop.call_later(timeout, _expire, future, routing_key)
         started = time.perf_counter()
         try:
             reply = await future
         finally:
-            timer.cancel()
             _rpc_seconds(routing_key).observe(time.perf_counter() - started)
         if reply.get("ok"):
             return reply.get("result")
@@ -262,20 +261,45 @@ class Broker:
         entry = self._waiting.pop(correlation_id, None)
         if entry is None:
             return None
-        routing_key, futures = entry
+        routing_key, futures, timer = entry
+        timer.cancel()
         self._in_flight[routing_key] -= 1
         if self._pending.get(routing_key):
             self._flush_now(routing_key)
         return futures
 
+    def _expire_batch(self, correlation_id: str, routing_key: str,
+                      batch: list[tuple[dict, asyncio.Future, float]]) -> None:
+        """At the earliest deadline of a batch: its callers whose deadline passed get 503
+        ``unavailable``. The batch is forgotten (its slot freed) once every caller is done."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        later = []
+        for _, future, deadline in batch:
+            if future.done():
+                continue
+            if deadline <= now:
+                RPC_FAILURES.labels(routing_key, "timeout").inc()
+                error = unavailable(f"no answer from {routing_key.split('.')[0]} in time")
+                future.set_result({"ok": False, "error": error.to_dict()})
+            else:
+                later.append(deadline)
+        entry = self._waiting.get(correlation_id)
+        if later and entry is not None:
+            timer = loop.call_at(min(later), self._expire_batch, correlation_id, routing_key,
+                                 batch)
+            self._waiting[correlation_id] = (entry[0], entry[1], timer)
+        else:
+            self._batch_done(correlation_id)
+
     async def _send_requests(self, routing_key: str,
                              batch: list[tuple[dict, asyncio.Future, float]]) -> None:
-        correlation_id = uuid.uuid4().hex
+        correlation_id = new_hex()
         futures = [future for _, future, _ in batch]
-        self._waiting[correlation_id] = (routing_key, futures)
-        # Forget the batch once every caller has given up.
-        asyncio.get_running_loop().call_later(
-            max(timeout for _, _, timeout in batch) + 1, self._batch_done, correlation_id)
+        timer = asyncio.get_running_loop().call_at(
+            min(deadline for _, _, deadline in batch), self._expire_batch, correlation_id,
+            routing_key, batch)
+        self._waiting[correlation_id] = (routing_key, futures, timer)
         try:
             body = orjson.dumps([env for env, _, _ in batch])
             await self.publish(COMMANDS, [routing_key], body, message_type=routing_key,
@@ -345,13 +369,6 @@ class Broker:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _expire(future: asyncio.Future, routing_key: str) -> None:
-    if not future.done():
-        RPC_FAILURES.labels(routing_key, "timeout").inc()
-        error = unavailable(f"no answer from {routing_key.split('.')[0]} in time")
-        future.set_result({"ok": False, "error": error.to_dict()})
 
 
 _RPC_SECONDS_BY_KEY: dict = {}

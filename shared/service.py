@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -10,8 +11,19 @@ from typing import Any
 import uvloop
 
 
+# The cyclic garbage collector, tuned for a server (reference counting frees nearly everything;
+# cycles are rare). With the default first threshold (700 net new container objects) the
+# gateway spent a fifth of its CPU in collections under load, each one walking thousands of
+# live connections' objects. What exists after start-up (modules, schemas) is frozen out of
+# every collection.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run ``main(stop)`` on uvloop; ``stop`` is set on the first SIGTERM or SIGINT."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
     async def runner() -> None:
         stop = asyncio.Event()

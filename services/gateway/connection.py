@@ -3,18 +3,25 @@
 Invariant: for each joined session a connection is sent every stream event exactly once and in
 seq order. ``last_seq`` is the highest seq sent; while a join (or a catch-up) is fetching the
 backlog, live events wait in ``pending`` and are sent after it, dropping seqs already sent.
+
+Outbound frames are encoded here (RFC 6455: unmasked, uncompressed text frames) and written
+straight to the socket's transport: the frames queued in one loop iteration leave in one write,
+with no task per connection and no await per frame. aiohttp still writes its own control frames
+(ping, pong, close) to the same transport; every write is of whole frames, so they never
+interleave inside one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import WSCloseCode, web
 
+from shared.ids import new_hex
 from shared.logging import get_logger
 
 from .auth import Principal
@@ -29,17 +36,28 @@ class SessionView:
     pending: list[dict] | None = field(default_factory=list)
 
 
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame (server to client) carrying ``payload``."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
 class Connection:
-    def __init__(self, ws: web.WebSocketResponse, principal: Principal, queue_limit: int,
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport,
+                 principal: Principal, buffer_limit: int,
                  on_gap: Callable[[Connection, str], None]):
-        self.id = uuid.uuid4().hex
+        self.id = new_hex()
         self.on_gap = on_gap
         self.ws = ws
         self.principal = principal
         self.sessions: dict[str, SessionView] = {}
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._queue_limit = queue_limit
-        self._writer = asyncio.create_task(self._write_loop())
+        self._transport = transport
+        self._buffer_limit = buffer_limit
+        self._out: list[bytes] = []  # frames queued in this loop iteration
         self.closed = False
 
     @property
@@ -50,15 +68,24 @@ class Connection:
         self.send_text(orjson.dumps(frame).decode())
 
     def send_text(self, text: str) -> None:
-        """Queue a frame. A client that falls this far behind is cut off; it reconnects and
-        resumes from its last seq, which is cheaper than buffering without bound."""
+        """Queue a frame; it is written at the end of this loop iteration."""
         if self.closed:
             return
-        if self._queue.qsize() >= self._queue_limit:
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(text_frame(text.encode()))
+
+    def _flush(self) -> None:
+        """Write the queued frames. A client whose unsent bytes pass the limit is cut off; it
+        reconnects and resumes from its last seq, which is cheaper than buffering without
+        bound."""
+        out, self._out = self._out, []
+        if self.closed or not out or self._transport.is_closing():
+            return
+        self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._transport.get_write_buffer_size() > self._buffer_limit:
             log.warning("slow_client_disconnected", connection_id=self.id, user_id=self.user_id)
             self.close(WSCloseCode.TRY_AGAIN_LATER, "too slow")
-            return
-        self._queue.put_nowait(text)
 
     def deliver(self, session_id: str, frame: dict, text: str) -> None:
         """Send a session event unless it was already sent (seq) or the join is in progress."""
@@ -106,26 +133,15 @@ class Connection:
         self._send_new(view, pending)
 
     def close(self, code: int = WSCloseCode.GOING_AWAY, message: str = "") -> None:
+        """Send what is queued, then the close frame."""
         if self.closed:
             return
+        self._flush()
         self.closed = True
-        self._queue.put_nowait(None)
         asyncio.get_running_loop().create_task(
             self.ws.close(code=code, message=message.encode()))
 
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                text = await self._queue.get()
-                if text is None:
-                    return
-                await self.ws.send_str(text)
-        except (ConnectionError, RuntimeError):
-            pass  # the socket went away; the read loop ends the connection
-        except asyncio.CancelledError:
-            pass
-
     async def finish(self) -> None:
+        """The socket is done: nothing more is written."""
         self.closed = True
-        self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
+        self._out = []

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.broker import Broker
 from shared.contracts.base import Contract
+from shared.ids import new_uuid_str
 
 from .auth import Principal
 
@@ -37,7 +37,7 @@ async def call_raw(broker: Broker, type_: str, version: int, payload: dict[str, 
     validated again by the owning service), so no model is built for it here."""
     actor = principal.actor
     envelope = {
-        "message_id": str(uuid.uuid4()), "type": type_, "version": version,
+        "message_id": new_uuid_str(), "type": type_, "version": version,
         "occurred_at": datetime.now(UTC).isoformat(),
         "correlation_id": correlation or correlation_id(), "causation_id": None,
         "actor": {"user_id": actor.user_id, "role": actor.role}, "payload": payload,

@@ -37,8 +37,9 @@ class GatewaySettings(UploadSettings, CommonSettings):
 
     ws_heartbeat_s: float = Field(default=30.0, gt=0)
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
-    # Frames queued for one slow client before it is disconnected (it resumes by after_seq).
-    ws_send_queue_limit: int = Field(default=5000, ge=10)
+    # Bytes the socket of one slow client may hold unsent before it is disconnected (it
+    # resumes by after_seq).
+    ws_send_buffer_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
     # Requests to a service leave at once while fewer than ``coalesce_max_in_flight`` batches
     # of their kind await a reply (0: never at once); otherwise they wait for a reply to come
     # back, at most ``coalesce_window_ms`` (see shared.broker).

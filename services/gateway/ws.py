@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -29,6 +28,7 @@ from shared.contracts.frames import (
     error_frame,
 )
 from shared.contracts.registry import CLIENT_FRAMES_BY_TYPE, first_error
+from shared.ids import new_uuid_str
 from shared.logging import get_logger
 
 from . import audit_events, rpc
@@ -101,7 +101,7 @@ async def send_message(frame: SendMessageFrame, ctx: Context) -> None:
         raise ServiceError(ErrorCode.RATE_LIMITED, "too many messages", retry_after=wait)
     # The hot path: the frame is validated; messaging validates the command again.
     result = await rpc.call_raw(ctx.broker, SendMessage.TYPE, SendMessage.VERSION, {
-        "session_id": str(frame.session_id), "message_id": str(uuid.uuid4()),
+        "session_id": str(frame.session_id), "message_id": new_uuid_str(),
         "client_msg_id": frame.client_msg_id, "body": frame.body,
     }, ctx.conn.principal, None)
     ctx.app[PRESENCE].stop_typing_now(ctx.conn, str(frame.session_id))
@@ -147,7 +147,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                                max_msg_size=settings.ws_max_frame_bytes, compress=False)
     await ws.prepare(request)
     hub: Hub = app[HUB]
-    conn = Connection(ws, principal, settings.ws_send_queue_limit, hub.on_gap)
+    conn = Connection(ws, request.transport, principal, settings.ws_send_buffer_bytes,
+                      hub.on_gap)
     ctx = Context(app, conn)
     frames = TokenBucket(settings.rate_frames_per_s, settings.rate_frames_burst)
     tasks: set[asyncio.Task] = set()

@@ -18,6 +18,7 @@ import asyncpg
 
 from shared.contracts.envelope import Actor
 from shared.contracts.fields import rfc3339
+from shared.ids import new_uuid
 
 from . import domain
 from .domain import SessionState, StoredMessage
@@ -34,7 +35,7 @@ class NewEvent:
     def __init__(self, *, stream_id: uuid.UUID, version: int | None, type: str, payload: dict,
                  actor: Actor | None, correlation_id: str | None, causation_id: str | None,
                  occurred_at: datetime, event_id: uuid.UUID | None = None):
-        self.event_id = event_id or uuid.uuid4()
+        self.event_id = event_id or new_uuid()
         self.stream_id = stream_id
         self.version = version
         self.type = type
