@@ -10,7 +10,6 @@ from typing import Any
 
 import uvloop
 
-
 # The cyclic garbage collector, tuned for a server (reference counting frees nearly everything;
 # cycles are rare). With the default first threshold (700 net new container objects) the
 # gateway spent a fifth of its CPU in collections under load, each one walking thousands of

@@ -45,7 +45,7 @@ async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
     broker = Broker(settings, "messaging")
     await broker.start()
     relay = OutboxRelay(settings.messaging_database_url, broker)
-    deps = Deps(pool=pool, on_commit=relay.wake)
+    deps = Deps(pool=pool, on_commit=relay.committed, notify_relays=relay.needs_notify)
 
     handle = retry_when(UNREACHABLE, lambda envelopes: handle_batch(envelopes, deps))
 

@@ -46,10 +46,19 @@ from .writes import Write
 log = get_logger(__name__)
 
 
+def _nobody_told(_before: int, _events: list[store.NewEvent]) -> None:
+    pass
+
+
 @dataclass
 class Deps:
     pool: asyncpg.Pool
-    on_commit: Callable[[], None]  # wakes the outbox relay
+    # Told after each commit that appended: the position before its events, and the events
+    # (the outbox relay of this process publishes them without reading them back).
+    on_commit: Callable[[int, list[store.NewEvent]], None] = _nobody_told
+    # Whether an append must wake the relays over Postgres (pg_notify): not while the relay of
+    # this process is the active one, as ``on_commit`` tells it.
+    notify_relays: Callable[[], bool] = lambda: True
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
@@ -68,7 +77,9 @@ async def handle_writes(batch: list[Write], results: list, deps: Deps) -> None:
     """All writes of a batch in one transaction. Each command type's group is decided,
     appended and projected before the next group runs."""
     now = deps.clock()
-    appended = 0
+    appended: list[store.NewEvent] = []
+    before = None  # the position the batch's events follow
+    notify = deps.notify_relays()
     # The inbox travels with the first group's append (the hot path: one statement for both).
     inbox = [(w.envelope.message_id, w.envelope.type) for w in batch]
     async with store.append_transaction(deps.pool) as conn:
@@ -76,17 +87,19 @@ async def handle_writes(batch: list[Write], results: list, deps: Deps) -> None:
             group = [w for w in batch if WRITE_HANDLERS[type(w.command)] is handler]
             if group:
                 events = await handler(conn, group, results, now)
-                await store.append_events(conn, events, inbox)
+                after = await store.append_events(conn, events, inbox, notify=notify)
+                if before is None:
+                    before = after
                 inbox = []
                 await projections.apply(conn, events)
-                appended += len(events)
+                appended += events
         # Session answers are read inside the transaction so they include this batch.
         for i, result in enumerate(results):
             if isinstance(result, tuple) and result[0] == "session":
                 views = await store.session_views(conn, [result[1]], result[2].user_id)
                 results[i] = views[result[1]]
     if appended:
-        deps.on_commit()
+        deps.on_commit(before, appended)
 
 
 # ---- reads -----------------------------------------------------------------------------------

@@ -8,12 +8,19 @@ committed is skipped, and nothing uncommitted is ever published.
 
 Exactly one relay is active across replicas: it holds a session-level advisory lock on a
 dedicated connection; the others wait for it.
+
+The handlers of the active relay's own process hand it what they commit (``committed``): the
+position the events follow and the events. When that position is where the relay stands, it
+publishes them as they are, without reading them back, and those appends need not wake it
+through Postgres (``pg_notify``). Anything else (another replica's appends, a hand-over that
+does not fit) is read from the table as above, so the hand-over only saves work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 
 import asyncpg
 import orjson
@@ -25,8 +32,11 @@ from shared.db import connect
 from shared.logging import get_logger
 from shared.topology import EVENTS, session_key, user_key
 
+from .store import SCHEMA_VERSIONS, NewEvent
+
 log = get_logger(__name__)
 RELAY_LOCK = 0x72656c79  # "rely"
+MAX_HANDED_OVER = 1000  # hand-overs kept waiting for their turn; past it, read them back
 
 
 class OutboxRelay:
@@ -40,9 +50,36 @@ class OutboxRelay:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self.published_position = 0
+        self.active = False  # holds the relay lock
+        self._handed_over: dict[int, list[NewEvent]] = {}  # position they follow -> events
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def committed(self, before: int, events: list[NewEvent]) -> None:
+        """This process committed ``events`` (positions set), which directly follow position
+        ``before`` in the store."""
+        if not self.active:
+            return  # the active relay is elsewhere: pg_notify told it
+        if len(self._handed_over) >= MAX_HANDED_OVER:
+            self._handed_over.clear()
+        self._handed_over[before] = events
+        self._wakeup.set()
+
+    def needs_notify(self) -> bool:
+        return not self.active
+
+    def _take_handed_over(self, position: int) -> list[Mapping] | None:
+        """The committed events that follow ``position`` without a gap, if they were handed
+        over (several hand-overs in a row travel together, up to a batch)."""
+        for stale in [p for p in self._handed_over if p < position]:
+            del self._handed_over[stale]
+        rows: list[Mapping] = []
+        while position in self._handed_over and len(rows) < self.batch_size:
+            events = self._handed_over.pop(position)
+            rows += [_row(e) for e in events]
+            position = events[-1].position
+        return rows or None
 
     def stop(self) -> None:
         """Publish what is committed, then return from ``run``."""
@@ -66,6 +103,7 @@ class OutboxRelay:
                 await asyncio.sleep(2.0)  # another replica relays; stand by
             log.info("relay_active")
             await conn.add_listener("events_appended", lambda *_: self.wake())
+            self.active = True
             position = await conn.fetchval(
                 "SELECT position FROM outbox_checkpoint WHERE name = 'events'")
             saved, saved_at = position, time.monotonic()
@@ -80,7 +118,8 @@ class OutboxRelay:
                     saved, saved_at = position, time.monotonic()
                 if self._stopping and published < self.batch_size:
                     return
-                if published < self.batch_size:
+                # Hand-overs that arrived while this batch was published are due now.
+                if published < self.batch_size and not (published and self._handed_over):
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), self.idle_poll_s)
                     except TimeoutError:
@@ -89,6 +128,8 @@ class OutboxRelay:
                             saved, saved_at = position, time.monotonic()
                     self._wakeup.clear()
         finally:
+            self.active = False
+            self._handed_over.clear()
             await conn.close(timeout=2)
 
     async def _save(self, conn: asyncpg.Connection, position: int) -> None:
@@ -96,12 +137,9 @@ class OutboxRelay:
                            position)
 
     async def _publish_once(self, conn: asyncpg.Connection, checkpoint: int) -> tuple[int, int]:
-        rows = await conn.fetch(
-            """SELECT position, event_id, stream_id, version, type, schema_version, payload,
-                      actor_id, actor_role, correlation_id, causation_id, occurred_at,
-                      recipients
-               FROM events WHERE position > $1 ORDER BY position LIMIT $2""",
-            checkpoint, self.batch_size)
+        rows = self._take_handed_over(checkpoint)
+        if rows is None:
+            rows = await self._read(conn, checkpoint)
         if not rows:
             return 0, checkpoint
         envelopes, keys, seen = [], [], set()
@@ -122,6 +160,27 @@ class OutboxRelay:
         last = rows[-1]["position"]
         self.published_position = last
         return len(rows), last
+
+    async def _read(self, conn: asyncpg.Connection, checkpoint: int) -> list[Mapping]:
+        return await conn.fetch(
+            """SELECT position, event_id, stream_id, version, type, schema_version, payload,
+                      actor_id, actor_role, correlation_id, causation_id, occurred_at,
+                      recipients
+               FROM events WHERE position > $1 ORDER BY position LIMIT $2""",
+            checkpoint, self.batch_size)
+
+
+def _row(event: NewEvent) -> dict:
+    """A handed-over event as the relay's read would have given it."""
+    return {
+        "position": event.position, "event_id": event.event_id, "stream_id": event.stream_id,
+        "version": event.version, "type": event.type,
+        "schema_version": SCHEMA_VERSIONS[event.type], "payload": event.payload,
+        "actor_id": event.actor.user_id if event.actor else None,
+        "actor_role": event.actor.role if event.actor else None,
+        "correlation_id": event.correlation_id, "causation_id": event.causation_id,
+        "occurred_at": event.occurred_at, "recipients": event.recipients,
+    }
 
 
 def routing_keys(row) -> list[str]:

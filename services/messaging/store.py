@@ -30,7 +30,7 @@ class NewEvent:
     """An event about to be appended."""
 
     __slots__ = ("event_id", "stream_id", "version", "type", "payload", "actor",
-                 "correlation_id", "causation_id", "occurred_at", "recipients")
+                 "correlation_id", "causation_id", "occurred_at", "recipients", "position")
 
     def __init__(self, *, stream_id: uuid.UUID, version: int | None, type: str, payload: dict,
                  actor: Actor | None, correlation_id: str | None, causation_id: str | None,
@@ -45,6 +45,7 @@ class NewEvent:
         self.causation_id = causation_id
         self.occurred_at = occurred_at
         self.recipients: list[str] | None = None
+        self.position: int | None = None  # set by append_events
 
     def with_recipients(self, user_ids: list[str]) -> NewEvent:
         """Users to tell about this event beyond the session's joined sockets (routing
@@ -83,14 +84,19 @@ async def append_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connec
 
 
 async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
-                        inbox: Sequence[tuple[uuid.UUID, str]] = ()) -> None:
-    """Append in one statement, which also records ``inbox`` (the commands handled) and wakes
-    the relays (``events_appended``); a duplicate (stream, version) raises
-    UniqueViolationError."""
+                        inbox: Sequence[tuple[uuid.UUID, str]] = (), *,
+                        notify: bool = True) -> int | None:
+    """Append in one statement, which also records ``inbox`` (the commands handled) and, with
+    ``notify``, wakes the relays (``events_appended``); a duplicate (stream, version) raises
+    UniqueViolationError.
+
+    Sets each event's ``position`` and returns the highest position appended before them (the
+    transaction holds the append lock, so the events follow it without a gap once committed);
+    None when there were no events."""
     if not events:
         await record_inbox(conn, inbox)
-        return
-    await conn.execute(
+        return None
+    row = await conn.fetchrow(
         """WITH appended AS (
              INSERT INTO events (event_id, stream_id, version, type, schema_version, payload,
                                  actor_id, actor_role, correlation_id, causation_id,
@@ -101,11 +107,16 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
                          $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
                          $11::timestamptz[], $12::text[])
                   AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r)
-             RETURNING 1),
+             RETURNING event_id, position),
            handled AS (
              INSERT INTO inbox (message_id, type)
              SELECT * FROM unnest($13::uuid[], $14::text[]) ON CONFLICT DO NOTHING)
-           SELECT pg_notify('events_appended', ''), count(*) FROM appended""",
+           SELECT CASE WHEN $15 THEN pg_notify('events_appended', '') END,
+                  -- the statement's snapshot does not see its own rows: this is the end
+                  -- of the store before them
+                  (SELECT COALESCE(max(position), 0) FROM events) AS before,
+                  (SELECT array_agg(event_id ORDER BY position) FROM appended) AS ids,
+                  (SELECT array_agg(position ORDER BY position) FROM appended) AS positions""",
         [e.event_id for e in events], [e.stream_id for e in events],
         [e.version for e in events], [e.type for e in events],
         [SCHEMA_VERSIONS[e.type] for e in events], [e.payload for e in events],
@@ -115,8 +126,12 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
         [e.occurred_at for e in events],
         # User ids hold no spaces, so a space-joined string carries the list through unnest.
         [" ".join(e.recipients) if e.recipients is not None else None for e in events],
-        [i[0] for i in inbox], [i[1] for i in inbox],
+        [i[0] for i in inbox], [i[1] for i in inbox], notify,
     )
+    positions = dict(zip(row["ids"], row["positions"], strict=True))
+    for event in events:
+        event.position = positions[event.event_id]
+    return row["before"]
 
 
 async def record_inbox(conn: asyncpg.Connection, items: Iterable[tuple[uuid.UUID, str]]) -> None:
@@ -172,10 +187,13 @@ async def find_by_client_ids(conn: asyncpg.Connection,
                              ) -> dict[tuple[uuid.UUID, str, str], StoredMessage]:
     if not keys:
         return {}
+    # LATERAL: one index probe per key whatever the plan (a generic plan made while the table
+    # was small would otherwise hash-join over a scan of the whole table).
     rows = await conn.fetch(
-        f"""SELECT {MESSAGE_COLUMNS.replace('id,', 'm.id,', 1)} FROM messages m
-            JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS k(s, u, c)
-              ON m.session_id = k.s AND m.sender_id = k.u AND m.client_msg_id = k.c""",
+        f"""SELECT m.* FROM unnest($1::uuid[], $2::text[], $3::text[]) AS k(s, u, c)
+            CROSS JOIN LATERAL (
+              SELECT {MESSAGE_COLUMNS} FROM messages
+              WHERE session_id = k.s AND sender_id = k.u AND client_msg_id = k.c) m""",
         [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
     return {(r["session_id"], r["sender_id"], r["client_msg_id"]):
             StoredMessage(r["id"], r["seq"], r["body"], message_view(r)) for r in rows}

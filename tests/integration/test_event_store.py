@@ -38,7 +38,7 @@ def send(sid: str, user: str, body: str, client_msg_id: str | None = None):
 
 @pytest.fixture
 def deps(messaging_pool):
-    return Deps(pool=messaging_pool, on_commit=lambda: None)
+    return Deps(pool=messaging_pool)
 
 
 async def test_one_batch_across_sessions_gives_each_session_consecutive_seqs(deps):
@@ -112,16 +112,56 @@ async def test_the_relay_publishes_every_committed_event_once_in_order(deps, bro
         await asyncio.wait_for(task, 10)
 
 
+async def test_events_handed_over_by_this_process_and_appended_elsewhere_interleave(
+        deps, broker, messaging_db, messaging_pool):
+    """The relay publishes its own process's commits as handed over (without reading them
+    back) and reads what another replica appended, and together they reach the broker once
+    each, in order, exactly as stored."""
+    sid = await new_session(deps, "alice", "bob")
+    queue = await broker.declare_exclusive(f"test.{uuid.uuid4().hex}")
+    await queue.bind(broker.exchanges[EVENTS], session_binding(sid))
+    relay = OutboxRelay(messaging_db, broker)
+    task = asyncio.create_task(relay.run())
+    local = Deps(pool=messaging_pool, on_commit=relay.committed,
+                 notify_relays=relay.needs_notify)
+    try:
+        async with asyncio.timeout(10):
+            while not relay.active:
+                await asyncio.sleep(0.01)
+        assert relay.needs_notify() is False
+        for i in range(6):
+            # Every third batch comes from "another replica": no hand-over, pg_notify instead.
+            writer = deps if i % 3 == 2 else local
+            await handle_batch([send(sid, "alice", f"m{i}-{j}") for j in range(5)], writer)
+        envelopes = await _collect_envelopes(queue, sid, 30)
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 10)
+    assert [e["payload"]["seq"] for e in envelopes] == list(range(1, 31))
+    async with messaging_pool.acquire() as conn:
+        stored = await conn.fetch(
+            """SELECT event_id, payload, recipients, correlation_id FROM events
+               WHERE stream_id = $1 AND type = 'message_sent' ORDER BY version""",
+            uuid.UUID(sid))
+    assert [(e["message_id"], e["payload"], e["recipients"], e["correlation_id"])
+            for e in envelopes] == [(str(r["event_id"]), r["payload"], r["recipients"],
+                                     r["correlation_id"]) for r in stored]
+
+
 async def _collect(queue, sid: str, count: int, timeout: float = 15.0) -> list[int]:
-    seqs: list[int] = []
+    return [e["payload"]["seq"] for e in await _collect_envelopes(queue, sid, count, timeout)]
+
+
+async def _collect_envelopes(queue, sid: str, count: int, timeout: float = 15.0) -> list[dict]:
+    found: list[dict] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while len(seqs) < count and loop.time() < deadline:
+    while len(found) < count and loop.time() < deadline:
         message = await queue.get(fail=False, no_ack=True)
         if message is None:
             await asyncio.sleep(0.02)
             continue
         for event in orjson.loads(message.body):
             if event["payload"]["session_id"] == sid and event["type"] == "message_sent":
-                seqs.append(event["payload"]["seq"])
-    return seqs
+                found.append(event)
+    return found

@@ -33,7 +33,7 @@ def client(user: str, role: str = "client") -> Actor:
 
 @pytest.fixture
 def messaging(messaging_pool):
-    return MessagingDeps(pool=messaging_pool, on_commit=lambda: None)
+    return MessagingDeps(pool=messaging_pool)
 
 
 @pytest.fixture
