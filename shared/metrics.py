@@ -21,4 +21,8 @@ RPC_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 RPC_FAILURES = Counter(
     "chat_rpc_failures_total", "Requests answered with 503 by the caller", ["routing_key", "why"])
+OPTIMISTIC_WRITES = Counter(
+    "chat_optimistic_writes_total",
+    "Batches written optimistically: committed, or refused because another writer came first",
+    ["outcome"])
 BROKER_CONNECTED = Gauge("chat_broker_connected", "1 while the AMQP connection is open")

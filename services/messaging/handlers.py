@@ -12,7 +12,7 @@ import asyncio
 import base64
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +38,7 @@ from shared.contracts.errors import ErrorCode, ServiceError
 from shared.contracts.frames import frame_from_event
 from shared.contracts.registry import payload_of
 from shared.logging import get_logger
-from shared.metrics import ENVELOPES_HANDLED
+from shared.metrics import ENVELOPES_HANDLED, OPTIMISTIC_WRITES
 
 from . import attachments, domain, projections, store, writes
 from .writes import Write
@@ -60,6 +60,9 @@ class Deps:
     # this process is the active one, as ``on_commit`` tells it.
     notify_relays: Callable[[], bool] = lambda: True
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Optimistic writes of this process, one at a time: two batches of one process that read
+    # the same sessions at once would otherwise refuse each other's write.
+    optimistic: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 WRITE_HANDLERS: dict[type, Callable[..., Awaitable[list]]] = {
@@ -73,9 +76,39 @@ WRITE_HANDLERS: dict[type, Callable[..., Awaitable[list]]] = {
 }
 
 
+async def send_optimistically(batch: list[Write], results: list, deps: Deps) -> bool:
+    """The hot path, a batch of text messages only, in three round trips instead of six: the
+    sessions and the idempotency keys are read without a lock, the messages decided on what was
+    read, and the events, the inbox and the projection written by one statement that is its own
+    transaction and takes the append lock itself. It only commits if nothing changed in between:
+    every change to a session takes its next seq, and the unique (stream, version) key then
+    refuses this write (as the idempotency key refuses a message stored meanwhile). False:
+    nothing was written, and the caller runs the batch under the lock."""
+    inbox = [(w.envelope.message_id, w.envelope.type) for w in batch]
+    async with deps.optimistic, deps.pool.acquire() as conn:
+        now = deps.clock()
+        events = await writes.send_messages(conn, batch, results, now, lock_rows=False)
+        try:
+            before = await store.append_events(
+                conn, events, inbox, notify=deps.notify_relays(), lock=True,
+                also=lambda first: projections.message_sent_ctes(events, first, serial=True))
+        except asyncpg.UniqueViolationError:
+            OPTIMISTIC_WRITES.labels("refused").inc()
+            for w in batch:
+                results[w.index] = None
+            return False
+    OPTIMISTIC_WRITES.labels("committed").inc()
+    if events:
+        deps.on_commit(before, events)
+    return True
+
+
 async def handle_writes(batch: list[Write], results: list, deps: Deps) -> None:
     """All writes of a batch in one transaction. Each command type's group is decided,
     appended and projected before the next group runs."""
+    if all(type(w.command) is SendMessage for w in batch) and \
+            await send_optimistically(batch, results, deps):
+        return
     now = deps.clock()
     appended: list[store.NewEvent] = []
     before = None  # the position the batch's events follow

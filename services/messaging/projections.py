@@ -56,38 +56,53 @@ async def session_created(conn, events) -> None:
 async def message_sent(conn, events) -> None:
     """Message rows, the session's last_seq / last message / activity, and the sender's own
     markers (sending moves them to the new message)."""
+    ctes, params = message_sent_ctes(events, 1)
+    await conn.execute(f"WITH {ctes} SELECT 1", *params)
+
+
+# The projection of ``message_sent`` as common table expressions over parameters ``$<n>``
+# onwards: one statement by itself, or part of the statement that appends the events. In a
+# statement that takes the append lock itself (CTE ``serial``), every write joins ``serial``,
+# so that no row is locked before the append lock is held (else: a deadlock with a writer
+# that holds the append lock and waits for that row).
+_MESSAGE_SENT_CTES = """
+    projected_messages AS (
+      INSERT INTO messages (id, session_id, seq, sender_id, kind, body, client_msg_id,
+                            created_at, deleted, attachment)
+      SELECT u.* FROM unnest({0}::uuid[], {1}::uuid[], {2}::int[], {3}::text[],
+                             {4}::text[], {5}::text[], {6}::text[], {7}::timestamptz[],
+                             {8}::bool[], {9}::jsonb[]) AS u {serial}),
+    projected_counters AS (
+      UPDATE sessions s SET last_seq = GREATEST(s.last_seq, t.seq),
+             last_message_seq = GREATEST(COALESCE(s.last_message_seq, 0), t.seq),
+             last_activity_at = GREATEST(s.last_activity_at, t.at)
+      FROM (SELECT session_id, max(seq) AS seq, max(at) AS at
+            FROM unnest({1}::uuid[], {2}::int[], {7}::timestamptz[]) AS u(session_id, seq, at)
+                 {serial}
+            GROUP BY session_id) t
+      WHERE s.id = t.session_id),
+    projected_markers AS (
+      INSERT INTO receipts AS r (session_id, user_id, delivered_seq, read_seq)
+      SELECT session_id, user_id, max(seq), max(seq)
+      FROM unnest({1}::uuid[], {3}::text[], {2}::int[]) AS u(session_id, user_id, seq) {serial}
+      GROUP BY session_id, user_id
+      ON CONFLICT (session_id, user_id) DO UPDATE
+        SET delivered_seq = GREATEST(r.delivered_seq, EXCLUDED.delivered_seq),
+            read_seq = GREATEST(r.read_seq, EXCLUDED.read_seq))"""
+
+
+def message_sent_ctes(events, first: int, *, serial: bool = False) -> tuple[str, list]:
+    """The CTEs of the ``message_sent`` projection, numbering its parameters from
+    ``$<first>``, and those parameters. ``serial``: joined to the append lock's CTE."""
     messages = [e.payload["message"] for e in events]
-    ids = [uuid.UUID(m["id"]) for m in messages]
-    sessions = [uuid.UUID(m["session_id"]) for m in messages]
-    seqs = [m["seq"] for m in messages]
-    senders = [m["sender_id"] for m in messages]
-    times = [e.occurred_at for e in events]
-    # One statement: the rows, the sessions' counters and the senders' markers.
-    await conn.execute(
-        """WITH inserted AS (
-             INSERT INTO messages (id, session_id, seq, sender_id, kind, body, client_msg_id,
-                                   created_at, deleted, attachment)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $8::timestamptz[], $9::bool[],
-                                  $10::jsonb[])),
-           counters AS (
-             UPDATE sessions s SET last_seq = GREATEST(s.last_seq, t.seq),
-                    last_message_seq = GREATEST(COALESCE(s.last_message_seq, 0), t.seq),
-                    last_activity_at = GREATEST(s.last_activity_at, t.at)
-             FROM (SELECT session_id, max(seq) AS seq, max(at) AS at
-                   FROM unnest($2::uuid[], $3::int[], $8::timestamptz[]) AS u(session_id, seq, at)
-                   GROUP BY session_id) t
-             WHERE s.id = t.session_id)
-           INSERT INTO receipts AS r (session_id, user_id, delivered_seq, read_seq)
-           SELECT session_id, user_id, max(seq), max(seq)
-           FROM unnest($2::uuid[], $4::text[], $3::int[]) AS u(session_id, user_id, seq)
-           GROUP BY session_id, user_id
-           ON CONFLICT (session_id, user_id) DO UPDATE
-             SET delivered_seq = GREATEST(r.delivered_seq, EXCLUDED.delivered_seq),
-                 read_seq = GREATEST(r.read_seq, EXCLUDED.read_seq)""",
-        ids, sessions, seqs, senders, [m["kind"] for m in messages],
-        [m["body"] for m in messages], [m["client_msg_id"] for m in messages], times,
-        [bool(m.get("deleted")) for m in messages], [m["attachment"] for m in messages])
+    sql = _MESSAGE_SENT_CTES.format(*(f"${first + i}" for i in range(10)),
+                                    serial="CROSS JOIN serial" if serial else "")
+    return sql, [
+        [uuid.UUID(m["id"]) for m in messages], [uuid.UUID(m["session_id"]) for m in messages],
+        [m["seq"] for m in messages], [m["sender_id"] for m in messages],
+        [m["kind"] for m in messages], [m["body"] for m in messages],
+        [m["client_msg_id"] for m in messages], [e.occurred_at for e in events],
+        [bool(m.get("deleted")) for m in messages], [m["attachment"] for m in messages]]
 
 
 async def message_deleted(conn, events) -> None:

@@ -10,7 +10,7 @@ Invariants:
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 
@@ -85,19 +85,29 @@ async def append_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connec
 
 async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
                         inbox: Sequence[tuple[uuid.UUID, str]] = (), *,
-                        notify: bool = True) -> int | None:
+                        notify: bool = True, lock: bool = False,
+                        also: Callable[[int], tuple[str, list]] | None = None) -> int | None:
     """Append in one statement, which also records ``inbox`` (the commands handled) and, with
     ``notify``, wakes the relays (``events_appended``); a duplicate (stream, version) raises
     UniqueViolationError.
 
-    Sets each event's ``position`` and returns the highest position appended before them (the
-    transaction holds the append lock, so the events follow it without a gap once committed);
-    None when there were no events."""
+    ``lock``: the statement takes ``APPEND_LOCK`` itself, before any position is drawn (for a
+    statement that is its own transaction; otherwise the transaction holds it already).
+    ``also(first)``: further CTEs and their parameters (numbered from ``$<first>``), the
+    projection of the events, so that it costs no round trip of its own.
+
+    Sets each event's ``position`` and returns the position the events follow: the one before
+    the first (which, the appends being serial, is the last event appended before them unless
+    a transaction that drew it rolled back); None when there were no events."""
     if not events:
         await record_inbox(conn, inbox)
         return None
+    extra_ctes, extra_params = also(17 if lock else 16) if also else ("", [])
     row = await conn.fetchrow(
-        """WITH appended AS (
+        ("WITH serial AS MATERIALIZED (SELECT pg_advisory_xact_lock($16::bigint)), "
+         if lock else "WITH ")
+        + (extra_ctes + ", " if extra_ctes else "") +
+        """appended AS (
              INSERT INTO events (event_id, stream_id, version, type, schema_version, payload,
                                  actor_id, actor_role, correlation_id, causation_id,
                                  occurred_at, recipients)
@@ -106,15 +116,14 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
              FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[],
                          $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
                          $11::timestamptz[], $12::text[])
-                  AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r)
+                  AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r)"""
+        + (" CROSS JOIN serial" if lock else "") + """
              RETURNING event_id, position),
            handled AS (
              INSERT INTO inbox (message_id, type)
-             SELECT * FROM unnest($13::uuid[], $14::text[]) ON CONFLICT DO NOTHING)
+             SELECT m, t FROM unnest($13::uuid[], $14::text[]) AS i(m, t)"""
+        + (" CROSS JOIN serial" if lock else "") + """ ON CONFLICT DO NOTHING)
            SELECT CASE WHEN $15 THEN pg_notify('events_appended', '') END,
-                  -- the statement's snapshot does not see its own rows: this is the end
-                  -- of the store before them
-                  (SELECT COALESCE(max(position), 0) FROM events) AS before,
                   (SELECT array_agg(event_id ORDER BY position) FROM appended) AS ids,
                   (SELECT array_agg(position ORDER BY position) FROM appended) AS positions""",
         [e.event_id for e in events], [e.stream_id for e in events],
@@ -127,11 +136,12 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
         # User ids hold no spaces, so a space-joined string carries the list through unnest.
         [" ".join(e.recipients) if e.recipients is not None else None for e in events],
         [i[0] for i in inbox], [i[1] for i in inbox], notify,
+        *([APPEND_LOCK] if lock else []), *extra_params,
     )
     positions = dict(zip(row["ids"], row["positions"], strict=True))
     for event in events:
         event.position = positions[event.event_id]
-    return row["before"]
+    return row["positions"][0] - 1
 
 
 async def record_inbox(conn: asyncpg.Connection, items: Iterable[tuple[uuid.UUID, str]]) -> None:

@@ -7,6 +7,7 @@ import uuid
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from services.messaging.handlers import Deps, handle_batch
 from services.messaging.relay import OutboxRelay
@@ -70,11 +71,19 @@ async def test_duplicates_inside_and_across_batches_create_one_message(deps, mes
 
 
 async def test_concurrent_writers_never_collide_and_leave_no_gaps(deps, messaging_pool):
+    """Eight batches at once from two "replicas" (each Deps writes optimistically on its own):
+    writes that lose the race are refused and redone under the lock, and nothing collides."""
     sid = await new_session(deps, "alice", "bob")
+    replicas = [deps, Deps(pool=messaging_pool)]
     batches = [[send(sid, "alice" if i % 2 else "bob", f"{w}-{i}") for i in range(20)]
                for w in range(8)]
-    results = await asyncio.gather(*(handle_batch(b, deps) for b in batches))
+    refused = REGISTRY.get_sample_value("chat_optimistic_writes_total",
+                                        {"outcome": "refused"}) or 0
+    results = await asyncio.gather(*(handle_batch(b, replicas[w % 2])
+                                     for w, b in enumerate(batches)))
     assert all(r["ok"] for replies in results for r in replies)
+    assert REGISTRY.get_sample_value("chat_optimistic_writes_total",
+                                     {"outcome": "refused"}) > refused
     async with messaging_pool.acquire() as conn:
         seqs = [r["seq"] for r in await conn.fetch(
             "SELECT seq FROM messages WHERE session_id = $1 ORDER BY seq", uuid.UUID(sid))]
