@@ -1,15 +1,19 @@
 """``GET /ws``: one shape for every connection: authenticate, check Origin, prepare, register,
 read frames, deregister in ``finally``.
 
-Each client frame is handled in its own task so a slow request never stalls the socket; tasks
-start in arrival order, so one connection's sends reach messaging in the order they were sent.
+A slow request never stalls the socket: each client frame is handled in its own task, except
+``send_message``, the hot path, which joins the next request batch at once and is answered by
+a callback when its reply comes back. Either way frames are started in arrival order, so one
+connection's sends reach messaging in the order they were sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
+from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -95,17 +99,31 @@ async def leave_session(frame: LeaveSessionFrame, ctx: Context) -> None:
     ctx.conn.send({"type": "ack", "ref": frame.ref, "session_id": str(frame.session_id)})
 
 
-async def send_message(frame: SendMessageFrame, ctx: Context) -> None:
+def send_message(frame: SendMessageFrame, ctx: Context, data: str) -> None:
+    """The hot path, without a task: the command joins the next request batch at once, and
+    the reply's callback answers the client. The frame is validated; messaging validates the
+    command again."""
     wait = ctx.app[RATE_MESSAGES].take(ctx.conn.user_id)
     if wait:
         raise ServiceError(ErrorCode.RATE_LIMITED, "too many messages", retry_after=wait)
-    # The hot path: the frame is validated; messaging validates the command again.
-    result = await rpc.call_raw(ctx.broker, SendMessage.TYPE, SendMessage.VERSION, {
-        "session_id": str(frame.session_id), "message_id": new_uuid_str(),
+    session_id = str(frame.session_id)
+    reply = rpc.submit_raw(ctx.broker, SendMessage.TYPE, SendMessage.VERSION, {
+        "session_id": session_id, "message_id": new_uuid_str(),
         "client_msg_id": frame.client_msg_id, "body": frame.body,
     }, ctx.conn.principal, None)
-    ctx.app[PRESENCE].stop_typing_now(ctx.conn, str(frame.session_id))
-    ctx.conn.send({"type": "ack", "ref": frame.ref, "message": result["message"]})
+    reply.add_done_callback(partial(_message_sent, ctx, frame.ref, session_id, data))
+
+
+def _message_sent(ctx: Context, ref: str | None, session_id: str, data: str,
+                  reply: asyncio.Future) -> None:
+    if reply.cancelled():
+        return  # the connection went away
+    answer = reply.result()
+    if not answer.get("ok"):
+        refuse(ctx, data, ref, ServiceError.from_dict(answer["error"]))
+        return
+    ctx.app[PRESENCE].stop_typing_now(ctx.conn, session_id)
+    ctx.conn.send({"type": "ack", "ref": ref, "message": answer["result"]["message"]})
 
 
 async def mark_receipt(frame: MarkDeliveredFrame | MarkReadFrame, ctx: Context) -> None:
@@ -122,7 +140,6 @@ async def ping(frame: PingFrame, ctx: Context) -> None:
 FRAME_HANDLERS: dict[type[ClientFrame], Callable[[ClientFrame, Context], Awaitable[None]]] = {
     JoinSessionFrame: join_session,
     LeaveSessionFrame: leave_session,
-    SendMessageFrame: send_message,
     MarkDeliveredFrame: mark_receipt,
     MarkReadFrame: mark_receipt,
     PingFrame: ping,
@@ -175,9 +192,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 log.warning("ws_flood_closed", connection_id=conn.id, user_id=conn.user_id)
                 conn.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
                 break
+            handling = take_frame(msg.data, ctx)
+            if handling is None:
+                continue  # answered, or a send on its way
             while len(tasks) >= MAX_TASKS_PER_CONNECTION:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            task = asyncio.create_task(handle_frame(msg.data, ctx))
+            task = asyncio.create_task(handling)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     finally:
@@ -194,7 +214,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def handle_frame(data: str, ctx: Context) -> None:
+def take_frame(data: str, ctx: Context) -> Coroutine[Any, Any, None] | None:
+    """Parse and validate a client frame and start on it: a send at once (see
+    ``send_message``), any other frame as the coroutine that handles it, which the caller runs
+    as a task (tasks start in arrival order). A frame refused here is answered here."""
     ref = None
     try:
         try:
@@ -205,7 +228,7 @@ async def handle_frame(data: str, ctx: Context) -> None:
             raise ServiceError(ErrorCode.BAD_REQUEST, "frame must be a JSON object")
         ref = raw.get("ref") if isinstance(raw.get("ref"), str) else None
         cls = CLIENT_FRAMES_BY_TYPE.get(raw.get("type"))
-        if cls is None or cls not in FRAME_HANDLERS:
+        if cls is None or (cls not in FRAME_HANDLERS and cls is not SendMessageFrame):
             raise ServiceError(ErrorCode.INVALID, f"unknown frame type {raw.get('type')!r}")
         try:
             frame = cls.model_validate(raw)
@@ -213,17 +236,36 @@ async def handle_frame(data: str, ctx: Context) -> None:
             raise ServiceError(ErrorCode.INVALID, first_error(exc)) from None
         if cls is not PingFrame:  # an app's keep-alive pings are not the user's activity
             ctx.app[PRESENCE].touch(ctx.conn)
-        await FRAME_HANDLERS[cls](frame, ctx)
+        if cls is SendMessageFrame:
+            send_message(frame, ctx, data)
+            return None
+        return _handle(FRAME_HANDLERS[cls](frame, ctx), ctx, data, ref)
     except ServiceError as exc:
-        log.info("ws_frame_refused", connection_id=ctx.conn.id, user_id=ctx.conn.user_id,
-                 code=exc.code.value, reason=exc.message)
-        ctx.conn.send(error_frame(ref, exc.code.value, exc.message, exc.retry_after))
-        audit_events.frame_refused(ctx.app, ctx.conn.principal.actor, data, exc)
+        refuse(ctx, data, ref, exc)
+    except Exception:
+        log.exception("ws_frame_failed", connection_id=ctx.conn.id)
+        ctx.conn.send(error_frame(ref, "unavailable", "internal error, try again", 1.0))
+    return None
+
+
+async def _handle(handling: Awaitable[None], ctx: Context, data: str, ref: str | None) -> None:
+    try:
+        await handling
+    except ServiceError as exc:
+        refuse(ctx, data, ref, exc)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("ws_frame_failed", connection_id=ctx.conn.id)
         ctx.conn.send(error_frame(ref, "unavailable", "internal error, try again", 1.0))
+
+
+def refuse(ctx: Context, data: str, ref: str | None, exc: ServiceError) -> None:
+    """Answer a refused frame with its error (and audit a denial)."""
+    log.info("ws_frame_refused", connection_id=ctx.conn.id, user_id=ctx.conn.user_id,
+             code=exc.code.value, reason=exc.message)
+    ctx.conn.send(error_frame(ref, exc.code.value, exc.message, exc.retry_after))
+    audit_events.frame_refused(ctx.app, ctx.conn.principal.actor, data, exc)
 
 
 async def fetch_events(app: web.Application, conn: Connection, session_id: str, after_seq: int
