@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
@@ -59,9 +61,9 @@ ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=128),
 Title = Annotated[str, StringConstraints(max_length=200), AfterValidator(_title)]
 
 
-def rfc3339(moment) -> str:
+@lru_cache(maxsize=256)  # a batch's rows and events share their moment: formatted once
+def rfc3339(moment: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``, microseconds kept (what Postgres stores)."""
-    from datetime import UTC
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
