@@ -61,8 +61,11 @@ async def test_duplicates_inside_and_across_batches_create_one_message(deps, mes
     assert replies[0]["result"]["created"] is True
     assert replies[1]["result"] == {"message": replies[0]["result"]["message"], "created": False}
     assert replies[2]["ok"] is False and replies[2]["error"]["code"] == "conflict"
+    # Retried in a later batch: the stored message comes back exactly as first answered.
     [again] = await handle_batch([send(sid, "alice", "same", "dup")], deps)
-    assert again["result"]["message"]["id"] == replies[0]["result"]["message"]["id"]
+    assert again["result"] == {"message": replies[0]["result"]["message"], "created": False}
+    [clash] = await handle_batch([send(sid, "alice", "other", "dup")], deps)
+    assert clash["ok"] is False and clash["error"]["code"] == "conflict"
     async with messaging_pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM messages WHERE session_id = $1",
                                    uuid.UUID(sid)) == 1
