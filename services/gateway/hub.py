@@ -162,13 +162,17 @@ class Hub:
 
     def _deliver_to_users(self, type_: str, payload: dict, session_id: str | None,
                           recipients: list[str]) -> None:
-        frame = user_frame(type_, payload)
-        if frame is None:
-            return
-        text = orjson.dumps(frame).decode()
+        # Usually every recipient's connection here has joined the session and got the
+        # session frame: the user-level frame is only made for one that has not.
+        text = None
         for user_id in recipients:
             for conn in tuple(self.users.get(user_id, ())):
                 if session_id not in conn.sessions:
+                    if text is None:
+                        frame = user_frame(type_, payload)
+                        if frame is None:
+                            return
+                        text = orjson.dumps(frame).decode()
                     conn.send_text(text)
 
     def _drop_removed(self, session_id: str, user_id: str) -> None:
