@@ -47,7 +47,7 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class Connection:
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport,
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None,
                  principal: Principal, buffer_limit: int,
                  on_gap: Callable[[Connection, str], None]):
         self.id = new_hex()
@@ -58,7 +58,8 @@ class Connection:
         self._transport = transport
         self._buffer_limit = buffer_limit
         self._out: list[bytes] = []  # frames queued in this loop iteration
-        self.closed = False
+        # No transport: the client left during the handshake; the read loop ends at once.
+        self.closed = transport is None
 
     @property
     def user_id(self) -> str:
