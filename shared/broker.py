@@ -222,10 +222,7 @@ class Broker:
         """
         routing_key = routing_key or (envelope.type if isinstance(envelope, Envelope)
                                       else envelope["type"])
-        reply = await self.submit(envelope, routing_key=routing_key, timeout=timeout)
-        if reply.get("ok"):
-            return reply.get("result")
-        raise ServiceError.from_dict(reply["error"])
+        return result_of(await self.submit(envelope, routing_key=routing_key, timeout=timeout))
 
     def submit(self, envelope: Envelope | dict, *, routing_key: str | None = None,
                timeout: float | None = None) -> asyncio.Future:
@@ -377,6 +374,13 @@ class Broker:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def result_of(reply: dict[str, Any]) -> Any:
+    """A reply's result; its error raised as ServiceError."""
+    if reply.get("ok"):
+        return reply.get("result")
+    raise ServiceError.from_dict(reply["error"])
 
 
 def _observe_rpc(histogram, started: float, _future: asyncio.Future) -> None:

@@ -10,7 +10,6 @@ from typing import Any
 
 from shared.broker import Broker
 from shared.contracts.base import Contract
-from shared.contracts.errors import ServiceError
 from shared.ids import new_uuid_str
 
 from .auth import Principal
@@ -37,22 +36,24 @@ async def call_raw(broker: Broker, type_: str, version: int, payload: dict[str, 
                    timeout: float | None = None) -> Any:
     """The hot path: ``payload`` is already in its JSON form (validated at the edge, and
     validated again by the owning service), so no model is built for it here."""
-    reply = await submit_raw(broker, type_, version, payload, principal, correlation,
-                             timeout=timeout)
-    if reply.get("ok"):
-        return reply.get("result")
-    raise ServiceError.from_dict(reply["error"])
+    return await broker.request(_envelope(type_, version, payload, principal, correlation),
+                                routing_key=type_, timeout=timeout)
 
 
 def submit_raw(broker: Broker, type_: str, version: int, payload: dict[str, Any],
                principal: Principal, correlation: str | None, *,
                timeout: float | None = None) -> asyncio.Future:
     """``call_raw`` without a coroutine: the future of the reply (see ``Broker.submit``)."""
+    return broker.submit(_envelope(type_, version, payload, principal, correlation),
+                         routing_key=type_, timeout=timeout)
+
+
+def _envelope(type_: str, version: int, payload: dict[str, Any], principal: Principal,
+              correlation: str | None) -> dict[str, Any]:
     actor = principal.actor
-    envelope = {
+    return {
         "message_id": new_uuid_str(), "type": type_, "version": version,
         "occurred_at": datetime.now(UTC).isoformat(),
         "correlation_id": correlation or correlation_id(), "causation_id": None,
         "actor": {"user_id": actor.user_id, "role": actor.role}, "payload": payload,
     }
-    return broker.submit(envelope, routing_key=type_, timeout=timeout)

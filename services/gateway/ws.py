@@ -19,6 +19,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
+from shared.broker import result_of
 from shared.contracts.commands import GetEvents, JoinSession, MarkReceipt, SendMessage
 from shared.contracts.errors import ErrorCode, ServiceError, unavailable
 from shared.contracts.frames import (
@@ -118,12 +119,13 @@ def _message_sent(ctx: Context, ref: str | None, session_id: str, data: str,
                   reply: asyncio.Future) -> None:
     if reply.cancelled():
         return  # the connection went away
-    answer = reply.result()
-    if not answer.get("ok"):
-        refuse(ctx, data, ref, ServiceError.from_dict(answer["error"]))
+    try:
+        result = result_of(reply.result())
+    except ServiceError as exc:
+        refuse(ctx, data, ref, exc)
         return
     ctx.app[PRESENCE].stop_typing_now(ctx.conn, session_id)
-    ctx.conn.send({"type": "ack", "ref": ref, "message": answer["result"]["message"]})
+    ctx.conn.send({"type": "ack", "ref": ref, "message": result["message"]})
 
 
 async def mark_receipt(frame: MarkDeliveredFrame | MarkReadFrame, ctx: Context) -> None:
@@ -137,6 +139,11 @@ async def ping(frame: PingFrame, ctx: Context) -> None:
     ctx.conn.send({"type": "pong", "ref": frame.ref})
 
 
+# Frames handled at once, in the read loop: ``handler(frame, ctx, raw_text)``.
+IMMEDIATE_FRAME_HANDLERS: dict[type[ClientFrame], Callable[[ClientFrame, Context, str], None]] = {
+    SendMessageFrame: send_message,
+}
+# Frames handled in a task of their own.
 FRAME_HANDLERS: dict[type[ClientFrame], Callable[[ClientFrame, Context], Awaitable[None]]] = {
     JoinSessionFrame: join_session,
     LeaveSessionFrame: leave_session,
@@ -228,7 +235,7 @@ def take_frame(data: str, ctx: Context) -> Coroutine[Any, Any, None] | None:
             raise ServiceError(ErrorCode.BAD_REQUEST, "frame must be a JSON object")
         ref = raw.get("ref") if isinstance(raw.get("ref"), str) else None
         cls = CLIENT_FRAMES_BY_TYPE.get(raw.get("type"))
-        if cls is None or (cls not in FRAME_HANDLERS and cls is not SendMessageFrame):
+        if cls is None or (cls not in FRAME_HANDLERS and cls not in IMMEDIATE_FRAME_HANDLERS):
             raise ServiceError(ErrorCode.INVALID, f"unknown frame type {raw.get('type')!r}")
         try:
             frame = cls.model_validate(raw)
@@ -236,15 +243,15 @@ def take_frame(data: str, ctx: Context) -> Coroutine[Any, Any, None] | None:
             raise ServiceError(ErrorCode.INVALID, first_error(exc)) from None
         if cls is not PingFrame:  # an app's keep-alive pings are not the user's activity
             ctx.app[PRESENCE].touch(ctx.conn)
-        if cls is SendMessageFrame:
-            send_message(frame, ctx, data)
+        immediate = IMMEDIATE_FRAME_HANDLERS.get(cls)
+        if immediate is not None:
+            immediate(frame, ctx, data)
             return None
         return _handle(FRAME_HANDLERS[cls](frame, ctx), ctx, data, ref)
     except ServiceError as exc:
         refuse(ctx, data, ref, exc)
     except Exception:
-        log.exception("ws_frame_failed", connection_id=ctx.conn.id)
-        ctx.conn.send(error_frame(ref, "unavailable", "internal error, try again", 1.0))
+        _failed(ctx, ref)
     return None
 
 
@@ -256,8 +263,13 @@ async def _handle(handling: Awaitable[None], ctx: Context, data: str, ref: str |
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("ws_frame_failed", connection_id=ctx.conn.id)
-        ctx.conn.send(error_frame(ref, "unavailable", "internal error, try again", 1.0))
+        _failed(ctx, ref)
+
+
+def _failed(ctx: Context, ref: str | None) -> None:
+    """A frame's handler broke (logged with its traceback): the client may try again."""
+    log.exception("ws_frame_failed", connection_id=ctx.conn.id)
+    ctx.conn.send(error_frame(ref, "unavailable", "internal error, try again", 1.0))
 
 
 def refuse(ctx: Context, data: str, ref: str | None, exc: ServiceError) -> None:

@@ -105,7 +105,8 @@ async def send_optimistically(batch: list[Write], results: list, deps: Deps) -> 
 
 async def handle_writes(batch: list[Write], results: list, deps: Deps) -> None:
     """All writes of a batch in one transaction. Each command type's group is decided,
-    appended and projected before the next group runs."""
+    appended and projected before the next group runs. A batch of text messages only is tried
+    optimistically first (``send_optimistically``)."""
     if all(type(w.command) is SendMessage for w in batch) and \
             await send_optimistically(batch, results, deps):
         return

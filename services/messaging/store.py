@@ -102,30 +102,7 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
     if not events:
         await record_inbox(conn, inbox)
         return None
-    extra_ctes, extra_params = also(17 if lock else 16) if also else ("", [])
-    row = await conn.fetchrow(
-        ("WITH serial AS MATERIALIZED (SELECT pg_advisory_xact_lock($16::bigint)), "
-         if lock else "WITH ")
-        + (extra_ctes + ", " if extra_ctes else "") +
-        """appended AS (
-             INSERT INTO events (event_id, stream_id, version, type, schema_version, payload,
-                                 actor_id, actor_role, correlation_id, causation_id,
-                                 occurred_at, recipients)
-             SELECT e, s, v, t, sv, p, ai, ar, co, ca, o,
-                    CASE WHEN r IS NULL THEN NULL ELSE string_to_array(r, ' ') END
-             FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[],
-                         $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::timestamptz[], $12::text[])
-                  AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r)"""
-        + (" CROSS JOIN serial" if lock else "") + """
-             RETURNING event_id, position),
-           handled AS (
-             INSERT INTO inbox (message_id, type)
-             SELECT m, t FROM unnest($13::uuid[], $14::text[]) AS i(m, t)"""
-        + (" CROSS JOIN serial" if lock else "") + """ ON CONFLICT DO NOTHING)
-           SELECT CASE WHEN $15 THEN pg_notify('events_appended', '') END,
-                  (SELECT array_agg(event_id ORDER BY position) FROM appended) AS ids,
-                  (SELECT array_agg(position ORDER BY position) FROM appended) AS positions""",
+    params = [
         [e.event_id for e in events], [e.stream_id for e in events],
         [e.version for e in events], [e.type for e in events],
         [SCHEMA_VERSIONS[e.type] for e in events], [e.payload for e in events],
@@ -136,8 +113,33 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
         # User ids hold no spaces, so a space-joined string carries the list through unnest.
         [" ".join(e.recipients) if e.recipients is not None else None for e in events],
         [i[0] for i in inbox], [i[1] for i in inbox], notify,
-        *([APPEND_LOCK] if lock else []), *extra_params,
-    )
+    ]
+    extra_ctes, extra_params = also(len(params) + 1) if also else ("", [])
+    # With ``lock``, every write joins ``serial``: nothing is written before the lock is held.
+    serial = " CROSS JOIN serial" if lock else ""
+    row = await conn.fetchrow(
+        (f"WITH serial AS MATERIALIZED (SELECT pg_advisory_xact_lock({APPEND_LOCK})), "
+         if lock else "WITH ")
+        + (extra_ctes + ", " if extra_ctes else "") +
+        f"""appended AS (
+             INSERT INTO events (event_id, stream_id, version, type, schema_version, payload,
+                                 actor_id, actor_role, correlation_id, causation_id,
+                                 occurred_at, recipients)
+             SELECT e, s, v, t, sv, p, ai, ar, co, ca, o,
+                    CASE WHEN r IS NULL THEN NULL ELSE string_to_array(r, ' ') END
+             FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[],
+                         $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::timestamptz[], $12::text[])
+                  AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r){serial}
+             RETURNING event_id, position),
+           handled AS (
+             INSERT INTO inbox (message_id, type)
+             SELECT m, t FROM unnest($13::uuid[], $14::text[]) AS i(m, t){serial}
+             ON CONFLICT DO NOTHING)
+           SELECT CASE WHEN $15 THEN pg_notify('events_appended', '') END,
+                  (SELECT array_agg(event_id ORDER BY position) FROM appended) AS ids,
+                  (SELECT array_agg(position ORDER BY position) FROM appended) AS positions""",
+        *params, *extra_params)
     positions = dict(zip(row["ids"], row["positions"], strict=True))
     for event in events:
         event.position = positions[event.event_id]
