@@ -4,7 +4,7 @@
 ``CHAT_JWT_SECRET``; ``tests.load.bench`` starts the stack and runs this for you).
 
 1. Splits the connections into sessions of 2 or 3 users (each connection a distinct user) and
-   creates them over HTTP (the first user creates it, naming the others).
+   creates them over HTTP with aiohttp (the first user creates it, naming the others).
 2. Opens one WebSocket per user (at most ``--open-concurrency`` handshakes at a time), waits for
    ``hello``, joins the user's session and waits for the ack and ``joined``.
 3. Sends ``send_message`` frames at a fixed aggregate rate, spread evenly over every user, for
@@ -12,6 +12,13 @@
    whatever happened to earlier sends; one scheduler coroutine wakes every millisecond and
    writes every frame that is due (``send_lag_ms`` tells how late they went out).
 4. Waits (at most ``--drain`` s) for the acks and deliveries still owed, then closes.
+
+The WebSockets are picows clients, not aiohttp's: the generator shares the machine's cores with
+the stack it measures, so every microsecond it spends per frame is taken from the gateway and
+the services. picows parses frames in Cython and calls ``Client.on_ws_frame`` from the socket's
+read callback (no task and no coroutine step per received frame), and a send is a plain write
+into the transport, no await. It answers pings itself; close frames and fragmented messages are
+handled in ``Client.on_rare_frame``.
 
 Every frame is recorded by ``tally.Tally`` (read it for what is checked and measured). The
 result is one JSON object on stdout, or in ``--result``. With ``--control`` the process also
@@ -31,6 +38,7 @@ import uuid
 import aiohttp
 import orjson
 import uvloop
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from services.gateway.auth import mint_token
 
@@ -39,6 +47,12 @@ from .tally import NS, Peer, Tally, percentiles_ms
 
 now_ns = time.monotonic_ns
 TICK_S = 0.001  # the scheduler wakes at most this often and sends every frame that is due
+# The largest frame accepted: far above the gateway's biggest (``joined`` with its backlog, tens
+# of KB), so a limit hit is a finding of its own (picows closes with 1009), not a routine event.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+TEXT, CONTINUATION = WSMsgType.TEXT, WSMsgType.CONTINUATION
+CLOSE, PONG = WSMsgType.CLOSE, WSMsgType.PONG
+ABNORMAL_CLOSURE = int(WSCloseCode.ABNORMAL_CLOSURE)
 
 
 def log(text: str) -> None:
@@ -89,17 +103,19 @@ class Phases:
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
-class Client:
-    """One user's WebSocket. ``reader`` turns every frame into a ``Tally`` event."""
+class Client(WSListener):
+    """One user's WebSocket, and the picows listener of it: picows calls ``on_ws_frame`` from
+    the socket's read callback, so each received frame costs one Python call, no task and no
+    coroutine step; ``on_text`` turns it into a ``Tally`` event."""
 
-    __slots__ = ("peer", "token", "session_id", "ws", "hello", "joined", "closed", "stopping",
-                 "tally", "reader_task")
+    __slots__ = ("peer", "token", "session_id", "transport", "hello", "joined", "closed",
+                 "stopping", "close_code", "tally", "fragments")
 
     def __init__(self, peer: Peer, token: str, tally: Tally):
         self.peer = peer
         self.token = token
         self.session_id = ""
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.transport: WSTransport | None = None
         loop = asyncio.get_running_loop()
         self.hello = loop.create_future()
         self.joined = loop.create_future()
@@ -107,42 +123,100 @@ class Client:
             fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.closed = False
         self.stopping = False  # we close it: how it ends is no finding
+        self.close_code: int | None = None  # from the first close frame received
         self.tally = tally
-        self.reader_task: asyncio.Task | None = None
+        self.fragments: list[bytes] | None = None  # a text message still arriving in pieces
 
-    async def open(self, http: aiohttp.ClientSession, ws_url: str, limit_s: float) -> None:
+    async def open(self, ws_url: str, limit_s: float) -> None:
         """Handshake, ``hello``, ``join_session``, its ack and ``joined``, within ``limit_s``."""
         async with asyncio.timeout(limit_s):
-            self.ws = await http.ws_connect(
-                ws_url, headers={"Authorization": f"Bearer {self.token}"}, autoping=True,
-                heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5))
-            self.reader_task = asyncio.create_task(self.reader())
+            # picows's own handshake timeout (5 s by default) would be tighter than ours while
+            # hundreds of handshakes queue at the gateway; it also closes the socket on expiry.
+            # uvloop's own TCP transport rather than aiofastnet's (picows's default when
+            # installed): measured no slower per frame here, and the one the loop is built on.
+            await ws_connect(lambda: self, ws_url,
+                             extra_headers={"Authorization": f"Bearer {self.token}"},
+                             websocket_handshake_timeout=limit_s, enable_auto_pong=True,
+                             max_frame_size=MAX_FRAME_BYTES, use_aiofastnet=False)
             await asyncio.shield(self.hello)
-            await self.ws.send_str(orjson.dumps({"type": "join_session", "ref": "join",
-                                                 "session_id": self.session_id}).decode())
+            self.send(orjson.dumps({"type": "join_session", "ref": "join",
+                                    "session_id": self.session_id}))
             await asyncio.shield(self.joined)
 
-    async def reader(self) -> None:
-        ws, peer = self.ws, self.peer
-        text_type = aiohttp.WSMsgType.TEXT
+    def send(self, payload: bytes) -> None:
+        """One text frame, written now (picows buffers it in the transport, no await)."""
+        self.transport.send(TEXT, payload)
+
+    async def close(self, limit_s: float) -> None:
+        """Our close frame, then wait for the gateway's (``on_rare_frame`` ends the socket)."""
+        self.closed = self.stopping = True
+        transport = self.transport
         try:
-            while True:
-                msg = await ws.receive()
-                if msg.type is not text_type:
-                    break
-                try:
-                    self.on_frame(orjson.loads(msg.data))
-                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-                    # A frame not as the SPEC says is a finding, not the end of the connection.
-                    self.tally.error("bad_frame", {"error": repr(exc), "frame": msg.data[:300]})
-        finally:
-            self.closed = True
-            if not self.stopping:
-                self.tally.error(f"closed:{ws.close_code}", {"user": peer.user_id,
-                                                             "close_code": ws.close_code})
-            for fut in (self.hello, self.joined):
-                if not fut.done():
-                    fut.set_exception(ConnectionError(f"socket closed ({ws.close_code})"))
+            transport.send_close(WSCloseCode.OK)
+            await asyncio.wait_for(transport.wait_disconnected(), limit_s)
+        except Exception:  # it is going either way: a late or failed close is no finding
+            pass
+        transport.disconnect()
+
+    # ---- picows callbacks ------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        # Before ``ws_connect`` returns: ``hello`` may come in the same read as the 101.
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        # The frame points into picows's read buffer: copy the payload out before returning.
+        if frame.fin and frame.msg_type is TEXT and self.fragments is None:
+            self.on_text(frame.get_payload_as_bytes())
+        else:
+            self.on_rare_frame(transport, frame)
+
+    def on_rare_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """Close, the pieces of a fragmented message, pongs and anything unexpected (pings
+        never get here: picows answers them itself, ``enable_auto_pong``)."""
+        kind = frame.msg_type
+        if kind is CLOSE:
+            self.on_close(transport, int(frame.get_close_code()))
+        elif kind is TEXT and self.fragments is None:
+            self.fragments = [frame.get_payload_as_bytes()]
+        elif kind is CONTINUATION and self.fragments is not None:
+            self.fragments.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                payload, self.fragments = b"".join(self.fragments), None
+                self.on_text(payload)
+        elif kind is not PONG:  # binary, or a fragment out of turn: not as the SPEC says
+            self.fragments = None
+            self.tally.error("bad_frame", {"error": f"unexpected {frame}",
+                                           "frame": frame.get_payload_as_bytes()[:300]
+                                           .decode(errors="replace")})
+
+    def on_close(self, transport: WSTransport, code: int) -> None:
+        """The gateway's close frame (or its answer to ours): answer it and end the socket.
+        picows leaves both to us."""
+        self.closed = True
+        if self.close_code is None:
+            self.close_code = code
+        if not transport.is_close_frame_sent:
+            transport.send_close(WSCloseCode.OK)  # as aiohttp's client answers any close
+        transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        # No close frame: the socket just ended (1006, "abnormal closure", as RFC 6455 says).
+        code = self.close_code if self.close_code is not None else ABNORMAL_CLOSURE
+        if not self.stopping:
+            self.tally.error(f"closed:{code}", {"user": self.peer.user_id, "close_code": code})
+        for fut in (self.hello, self.joined):
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"socket closed ({code})"))
+
+    def on_text(self, payload: bytes) -> None:
+        try:
+            self.on_frame(orjson.loads(payload))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            # A frame not as the SPEC says is a finding, not the end of the connection.
+            self.tally.error("bad_frame", {"error": repr(exc),
+                                           "frame": payload[:300].decode(errors="replace")})
 
     def on_frame(self, frame: dict) -> None:
         tally, kind = self.tally, frame.get("type")
@@ -212,8 +286,8 @@ async def create_sessions(http: aiohttp.ClientSession, url: str, clients: list[C
     return list(await asyncio.gather(*(create(g) for g in members)))
 
 
-async def open_all(http: aiohttp.ClientSession, ws_url: str, clients: list[Client],
-                   concurrency: int, tally: Tally) -> list[int]:
+async def open_all(ws_url: str, clients: list[Client], concurrency: int, tally: Tally
+                   ) -> list[int]:
     """Open and join every connection; returns the join latencies (ns) of those that made it."""
     gate = asyncio.Semaphore(concurrency)
     took: list[int] = []
@@ -222,7 +296,7 @@ async def open_all(http: aiohttp.ClientSession, ws_url: str, clients: list[Clien
         async with gate:
             started = now_ns()
             try:
-                await client.open(http, ws_url, limit_s=30)
+                await client.open(ws_url, limit_s=30)
                 took.append(now_ns() - started)
             except Exception as exc:
                 client.closed = True
@@ -261,9 +335,9 @@ async def send_all(clients: list[Client], tally: Tally, rate: float, warmup: flo
                 send_ns[k] = at
                 tally.sent += 1
                 try:
-                    await client.ws.send_str(
+                    client.send(
                         f'{{"type":"send_message","session_id":"{sessions[sender[k]]}",'
-                        f'"client_msg_id":"{k}","body":"t={at} c={k}","ref":"{k}"}}')
+                        f'"client_msg_id":"{k}","body":"t={at} c={k}","ref":"{k}"}}'.encode())
                 except (ConnectionError, RuntimeError) as exc:
                     tally.error("send_failed", {"error": repr(exc)[:200]}, k)
             k += 1
@@ -289,16 +363,12 @@ async def close_all(clients: list[Client], concurrency: int) -> None:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(client: Client) -> None:
-        if client.ws is None:
-            return
+        if client.transport is None:
+            return  # never connected
+        # Ours to end from now on, also while it waits for the gate: how it ends is no finding.
         client.closed = client.stopping = True
         async with gate:
-            try:
-                await asyncio.wait_for(client.ws.close(), 5)
-            except Exception:
-                pass
-        if client.reader_task is not None:
-            client.reader_task.cancel()
+            await client.close(limit_s=5)
 
     await asyncio.gather(*(one(c) for c in clients))
 
@@ -342,7 +412,7 @@ async def run(args: argparse.Namespace) -> dict:
         phases.mark("sessions", created=sum(created))
 
         t = time.monotonic()
-        join_ns = await open_all(http, ws_url, clients, args.open_concurrency, tally)
+        join_ns = await open_all(ws_url, clients, args.open_concurrency, tally)
         open_s = time.monotonic() - t
         result["setup"] |= {"connected": len(join_ns), "connect_s": round(open_s, 2),
                             "connects_per_s": round(len(join_ns) / open_s, 1) if open_s else 0,
