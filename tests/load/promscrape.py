@@ -12,7 +12,9 @@ import aiohttp
 COUNTERS = ("chat_broker_published_messages_total", "chat_broker_consumed_messages_total",
             "chat_broker_publish_failures_total", "chat_rpc_failures_total",
             "chat_envelopes_handled_total", "chat_batch_envelopes_sum",
-            "chat_batch_envelopes_count", "chat_rpc_seconds_sum", "chat_rpc_seconds_count")
+            "chat_batch_envelopes_count", "chat_rpc_seconds_sum", "chat_rpc_seconds_count",
+            "chat_batch_handler_seconds_sum", "chat_batch_handler_seconds_count",
+            "chat_optimistic_writes_total")
 
 
 async def scrape(url: str, timeout_s: float = 10.0) -> dict[str, float] | None:
@@ -47,15 +49,13 @@ def window(before: dict[str, float] | None, after: dict[str, float] | None,
     out: dict = {"increase": grown,
                  "per_s": {name: round(value / seconds, 1) for name, value in grown.items()
                            if not name.startswith(("chat_batch", "chat_rpc_seconds"))}}
+    means = (("chat_batch_envelopes_sum", "mean_batch", 1),
+             ("chat_batch_handler_seconds_sum", "mean_handler_ms", 1000),
+             ("chat_rpc_seconds_sum", "mean_rpc_ms", 1000))
     for name, total in grown.items():
-        if name.startswith("chat_batch_envelopes_sum"):
-            count = grown.get(name.replace("_sum", "_count", 1), 0)
-            if count:
-                out.setdefault("mean_batch", {})[name[len("chat_batch_envelopes_sum"):]] = \
-                    round(total / count, 1)
-        if name.startswith("chat_rpc_seconds_sum"):
-            count = grown.get(name.replace("_sum", "_count", 1), 0)
-            if count:
-                out.setdefault("mean_rpc_ms", {})[name[len("chat_rpc_seconds_sum"):]] = \
-                    round(1000 * total / count, 1)
+        for prefix, key, scale in means:
+            if name.startswith(prefix):
+                count = grown.get(name.replace("_sum", "_count", 1), 0)
+                if count:
+                    out.setdefault(key, {})[name[len(prefix):]] = round(scale * total / count, 1)
     return out

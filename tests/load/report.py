@@ -76,12 +76,12 @@ def render(report: dict) -> str:
         elif counters:
             rates = ", ".join(f"{_short(k)} {v}/s" for k, v in counters.get("per_s", {}).items())
             lines.append(f"{name} counters in the window: {rates or 'none'}")
-            if counters.get("mean_batch"):
-                lines.append("    mean batch " + ", ".join(
-                    f"{_short(k)} {v}" for k, v in counters["mean_batch"].items()))
-            if counters.get("mean_rpc_ms"):
-                lines.append("    mean rpc ms " + ", ".join(
-                    f"{_short(k)} {v}" for k, v in counters["mean_rpc_ms"].items()))
+            for key, label in (("mean_batch", "mean batch"),
+                               ("mean_handler_ms", "mean handler ms"),
+                               ("mean_rpc_ms", "mean rpc ms")):
+                if counters.get(key):
+                    lines.append(f"    {label} " + ", ".join(
+                        f"{_short(k)} {v}" for k, v in counters[key].items()))
     for name, prof in (report.get("profiles") or {}).items():
         lines.append(f"profile {name}: {prof.get('samples')} samples; top self:")
         for row in (prof.get("self") or [])[:10]:
