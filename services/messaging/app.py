@@ -22,7 +22,7 @@ from shared.db import (
 from shared.logging import configure_logging, get_logger
 from shared.ops import start_ops_server
 from shared.settings import load_settings
-from shared.topology import command_queue
+from shared.topology import request_queue
 
 from . import projections
 from .handlers import Deps, handle_batch
@@ -55,7 +55,8 @@ async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
     ops = await start_ops_server({"postgres": readiness(pool), "rabbitmq": broker_ready},
                                  settings.messaging_ops_host, settings.messaging_ops_port)
     relay_task = service.watch(asyncio.create_task(relay.run()), stop, "outbox_relay")
-    consumer = await broker.serve(command_queue("messaging"), handle,
+    consumer = await broker.serve(request_queue("messaging", settings.request_queue_type),
+                                  handle,
                                   prefetch=settings.messaging_prefetch,
                                   concurrency=settings.messaging_concurrency)
     service.watch(consumer.task, stop, "command_consumer")

@@ -41,6 +41,7 @@ from shared.logging import get_logger
 from shared.metrics import ENVELOPES_HANDLED, OPTIMISTIC_WRITES
 
 from . import attachments, domain, projections, store, writes
+from .sessions import SessionCache
 from .writes import Write
 
 log = get_logger(__name__)
@@ -60,9 +61,13 @@ class Deps:
     # this process is the active one, as ``on_commit`` tells it.
     notify_relays: Callable[[], bool] = lambda: True
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    # Optimistic writes of this process, one at a time: two batches of one process that read
-    # the same sessions at once would otherwise refuse each other's write.
-    optimistic: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The sessions as this process last decided them (see ``sessions``).
+    sessions: SessionCache = field(default_factory=SessionCache)
+    # One optimistic write on its way to Postgres at a time: the next batch is decided
+    # meanwhile, and its write follows in the order the batches were decided (two writes sent
+    # together could take the append lock in either order, and the later one would refuse
+    # the earlier).
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 WRITE_HANDLERS: dict[type, Callable[..., Awaitable[list]]] = {
@@ -77,23 +82,35 @@ WRITE_HANDLERS: dict[type, Callable[..., Awaitable[list]]] = {
 
 
 async def send_optimistically(batch: list[Write], results: list, deps: Deps) -> bool:
-    """The hot path, a batch of text messages only, in three round trips instead of six: the
-    sessions and the idempotency keys are read without a lock, the messages decided on what was
-    read, and the events, the inbox and the projection written by one statement that is its own
-    transaction and takes the append lock itself. It only commits if nothing changed in between:
-    every change to a session takes its next seq, and the unique (stream, version) key then
-    refuses this write (as the idempotency key refuses a message stored meanwhile). False:
-    nothing was written, and the caller runs the batch under the lock."""
-    inbox = [(w.envelope.message_id, w.envelope.type) for w in batch]
-    async with deps.optimistic, deps.pool.acquire() as conn:
+    """The hot path, a batch of text messages only, without the append lock until its one
+    write: the messages are decided on what this process knows of the sessions (read only
+    when it knows nothing) and on the idempotency keys (read without a lock), and the events
+    and their projection are written by one statement that is its own transaction and takes
+    the append lock itself. Batches do not wait for each other: one is decided while the
+    one before it is written, continuing its seqs.
+
+    The write commits only if every session is still where the batch was decided to continue
+    it, and no message with one of its idempotency keys was stored meanwhile. False: nothing
+    was written (another writer came first, or the batch this one continued was refused); what
+    this process knew of those sessions is forgotten, and the caller runs the batch under the
+    lock."""
+    # No inbox rows: a message is idempotent by its client_msg_id, which also answers a
+    # redelivered command with the stored message.
+    session_ids = sorted({w.command.session_id for w in batch})
+    async with deps.pool.acquire() as conn:
+        states = await deps.sessions.states(conn, session_ids)
         now = deps.clock()
-        events = await writes.send_messages(conn, batch, results, now, lock_rows=False)
+        events = await writes.send_messages(conn, batch, results, now, states=states)
         try:
-            before = await store.append_events(
-                conn, events, inbox, notify=deps.notify_relays(), lock=True,
-                also=lambda first: projections.message_sent_ctes(events, first, serial=True))
-        except asyncpg.UniqueViolationError:
+            async with deps.writing:
+                before = await store.append_events(
+                    conn, events, notify=deps.notify_relays(), lock=True,
+                    also=lambda first: projections.message_sent_ctes(
+                        "appended", expect_sessions=(len({e.stream_id for e in events}),
+                                                     first)))
+        except (asyncpg.UniqueViolationError, asyncpg.SerializationError):
             OPTIMISTIC_WRITES.labels("refused").inc()
+            deps.sessions.forget(session_ids)
             for w in batch:
                 results[w.index] = None
             return False
@@ -116,22 +133,27 @@ async def handle_writes(batch: list[Write], results: list, deps: Deps) -> None:
     notify = deps.notify_relays()
     # The inbox travels with the first group's append (the hot path: one statement for both).
     inbox = [(w.envelope.message_id, w.envelope.type) for w in batch]
-    async with store.append_transaction(deps.pool) as conn:
-        for handler in dict.fromkeys(WRITE_HANDLERS.values()):
-            group = [w for w in batch if WRITE_HANDLERS[type(w.command)] is handler]
-            if group:
-                events = await handler(conn, group, results, now)
-                after = await store.append_events(conn, events, inbox, notify=notify)
-                if before is None:
-                    before = after
-                inbox = []
-                await projections.apply(conn, events)
-                appended += events
-        # Session answers are read inside the transaction so they include this batch.
-        for i, result in enumerate(results):
-            if isinstance(result, tuple) and result[0] == "session":
-                views = await store.session_views(conn, [result[1]], result[2].user_id)
-                results[i] = views[result[1]]
+    try:
+        async with store.append_transaction(deps.pool) as conn:
+            for handler in dict.fromkeys(WRITE_HANDLERS.values()):
+                group = [w for w in batch if WRITE_HANDLERS[type(w.command)] is handler]
+                if group:
+                    events = await handler(conn, group, results, now)
+                    after = await store.append_events(conn, events, inbox, notify=notify)
+                    if before is None:
+                        before = after
+                    inbox = []
+                    await projections.apply(conn, events)
+                    appended += events
+            # Session answers are read inside the transaction so they include this batch.
+            for i, result in enumerate(results):
+                if isinstance(result, tuple) and result[0] == "session":
+                    views = await store.session_views(conn, [result[1]], result[2].user_id)
+                    results[i] = views[result[1]]
+    finally:
+        # Sessions written here moved on without the optimistic path seeing it.
+        deps.sessions.forget({e.stream_id for e in appended} |
+                             {getattr(w.command, "session_id", None) for w in batch})
     if appended:
         deps.on_commit(before, appended)
 

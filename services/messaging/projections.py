@@ -16,10 +16,13 @@ from typing import Protocol
 
 import asyncpg
 
+from .store import Projection
+
 PROJECTION_TABLES = ("receipts", "messages", "participants", "sessions")
 
 
 class Event(Protocol):
+    stream_id: uuid.UUID
     type: str
     payload: dict
     version: int | None
@@ -56,53 +59,63 @@ async def session_created(conn, events) -> None:
 async def message_sent(conn, events) -> None:
     """Message rows, the session's last_seq / last message / activity, and the sender's own
     markers (sending moves them to the new message)."""
-    ctes, params = message_sent_ctes(events, 1)
-    await conn.execute(f"WITH {ctes} SELECT 1", *params)
+    rows = ("unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::timestamptz[])"
+            " AS u(stream_id, version, type, payload, occurred_at)")
+    projection = message_sent_ctes(rows)
+    await conn.execute(f"WITH {projection.ctes} SELECT 1",
+                       [e.stream_id for e in events], [e.version for e in events],
+                       [e.type for e in events], [e.payload for e in events],
+                       [e.occurred_at for e in events])
 
 
-# The projection of ``message_sent`` as common table expressions over parameters ``$<n>``
-# onwards: one statement by itself, or part of the statement that appends the events. In a
-# statement that takes the append lock itself (CTE ``serial``), every write joins ``serial``,
-# so that no row is locked before the append lock is held (else: a deadlock with a writer
-# that holds the append lock and waits for that row).
+# The projection of ``message_sent`` as common table expressions over ``{rows}``, a relation
+# of events ``(stream_id, version, type, payload, occurred_at)``: the events of the statement
+# that appends them (``appended``, so the projection costs no parameters of its own), or
+# events given as parameters. The message row is the event's ``message``, as stored. With
+# ``{expected}``, a session moves on only from the seq before the batch's first message in it
+# (see ``message_sent_ctes``).
 _MESSAGE_SENT_CTES = """
+    sent AS (
+      SELECT stream_id AS session_id, version AS seq, payload->'message' AS m, occurred_at
+      FROM {rows} WHERE type = 'message_sent'),
     projected_messages AS (
       INSERT INTO messages (id, session_id, seq, sender_id, kind, body, client_msg_id,
                             created_at, deleted, attachment)
-      SELECT u.* FROM unnest({0}::uuid[], {1}::uuid[], {2}::int[], {3}::text[],
-                             {4}::text[], {5}::text[], {6}::text[], {7}::timestamptz[],
-                             {8}::bool[], {9}::jsonb[]) AS u {serial}),
+      SELECT (m->>'id')::uuid, session_id, seq, m->>'sender_id', m->>'kind', m->>'body',
+             m->>'client_msg_id', occurred_at, COALESCE((m->>'deleted')::bool, false),
+             NULLIF(m->'attachment', 'null') FROM sent),
     projected_counters AS (
       UPDATE sessions s SET last_seq = GREATEST(s.last_seq, t.seq),
              last_message_seq = GREATEST(COALESCE(s.last_message_seq, 0), t.seq),
              last_activity_at = GREATEST(s.last_activity_at, t.at)
-      FROM (SELECT session_id, max(seq) AS seq, max(at) AS at
-            FROM unnest({1}::uuid[], {2}::int[], {7}::timestamptz[]) AS u(session_id, seq, at)
-                 {serial}
-            GROUP BY session_id) t
-      WHERE s.id = t.session_id),
+      FROM (SELECT session_id, max(seq) AS seq, min(seq) - 1 AS expected,
+                   max(occurred_at) AS at
+            FROM sent GROUP BY session_id) t
+      WHERE s.id = t.session_id{expected}
+      RETURNING s.id),
     projected_markers AS (
       INSERT INTO receipts AS r (session_id, user_id, delivered_seq, read_seq)
-      SELECT session_id, user_id, max(seq), max(seq)
-      FROM unnest({1}::uuid[], {3}::text[], {2}::int[]) AS u(session_id, user_id, seq) {serial}
-      GROUP BY session_id, user_id
+      SELECT session_id, m->>'sender_id', max(seq), max(seq) FROM sent
+      GROUP BY session_id, m->>'sender_id'
       ON CONFLICT (session_id, user_id) DO UPDATE
         SET delivered_seq = GREATEST(r.delivered_seq, EXCLUDED.delivered_seq),
             read_seq = GREATEST(r.read_seq, EXCLUDED.read_seq))"""
 
 
-def message_sent_ctes(events, first: int, *, serial: bool = False) -> tuple[str, list]:
-    """The CTEs of the ``message_sent`` projection, numbering its parameters from
-    ``$<first>``, and those parameters. ``serial``: joined to the append lock's CTE."""
-    messages = [e.payload["message"] for e in events]
-    sql = _MESSAGE_SENT_CTES.format(*(f"${first + i}" for i in range(10)),
-                                    serial="CROSS JOIN serial" if serial else "")
-    return sql, [
-        [uuid.UUID(m["id"]) for m in messages], [uuid.UUID(m["session_id"]) for m in messages],
-        [m["seq"] for m in messages], [m["sender_id"] for m in messages],
-        [m["kind"] for m in messages], [m["body"] for m in messages],
-        [m["client_msg_id"] for m in messages], [e.occurred_at for e in events],
-        [bool(m.get("deleted")) for m in messages], [m["attachment"] for m in messages]]
+def message_sent_ctes(rows: str, *, expect_sessions: tuple[int, int] | None = None
+                      ) -> Projection:
+    """The ``message_sent`` projection of the events in relation ``rows``.
+    ``expect_sessions=(n, first)``: the batch was decided on what this process knew of its
+    ``n`` sessions, without a lock; each must still be at the seq before the batch's first
+    message in it, and the append requires it of every one (``$<first>`` carries ``n``, so
+    the statement's text, and so its prepared form, stays the same)."""
+    sql = _MESSAGE_SENT_CTES.format(
+        rows=rows, expected=" AND s.last_seq = t.expected" if expect_sessions else "")
+    if expect_sessions is None:
+        return Projection(sql, [])
+    count, first = expect_sessions
+    return Projection(sql, [count],
+                      f"(SELECT count(*) FROM projected_counters) = ${first}::int")
 
 
 async def message_deleted(conn, events) -> None:
@@ -192,10 +205,10 @@ APPLIERS = {
 
 
 class _StoredEvent:
-    __slots__ = ("type", "payload", "version", "occurred_at")
+    __slots__ = ("stream_id", "type", "payload", "version", "occurred_at")
 
     def __init__(self, row):
-        self.type, self.payload = row["type"], row["payload"]
+        self.stream_id, self.type, self.payload = row["stream_id"], row["type"], row["payload"]
         self.version, self.occurred_at = row["version"], row["occurred_at"]
 
 
@@ -209,7 +222,7 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
         position, count = 0, 0
         while True:
             rows = await conn.fetch(
-                """SELECT position, type, payload, version, occurred_at FROM events
+                """SELECT position, stream_id, type, payload, version, occurred_at FROM events
                    WHERE position > $1 ORDER BY position LIMIT $2""", position, batch)
             if not rows:
                 return count

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
@@ -83,18 +84,29 @@ async def append_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connec
         await conn.execute("COMMIT")
 
 
+class Projection(NamedTuple):
+    """CTEs that project an append in the same statement (see ``append_events``): their SQL,
+    their parameters, and a condition the append requires (else it is refused)."""
+
+    ctes: str
+    params: list
+    requires: str | None = None
+
+
 async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
                         inbox: Sequence[tuple[uuid.UUID, str]] = (), *,
                         notify: bool = True, lock: bool = False,
-                        also: Callable[[int], tuple[str, list]] | None = None) -> int | None:
+                        also: Callable[[int], Projection] | None = None) -> int | None:
     """Append in one statement, which also records ``inbox`` (the commands handled) and, with
     ``notify``, wakes the relays (``events_appended``); a duplicate (stream, version) raises
     UniqueViolationError.
 
     ``lock``: the statement takes ``APPEND_LOCK`` itself, before any position is drawn (for a
     statement that is its own transaction; otherwise the transaction holds it already).
-    ``also(first)``: further CTEs and their parameters (numbered from ``$<first>``), the
-    projection of the events, so that it costs no round trip of its own.
+    ``also(first)``: the projection of the events (parameters numbered from ``$<first>``), so
+    that it costs no round trip of its own; it reads the appended events from the CTE
+    ``appended`` (``stream_id, version, type, payload, occurred_at``). When its ``requires``
+    does not hold, nothing is written and SerializationError is raised (``append_refused``).
 
     Sets each event's ``position`` and returns the position the events follow: the one before
     the first (which, the appends being serial, is the last event appended before them unless
@@ -114,13 +126,15 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
         [" ".join(e.recipients) if e.recipients is not None else None for e in events],
         [i[0] for i in inbox], [i[1] for i in inbox], notify,
     ]
-    extra_ctes, extra_params = also(len(params) + 1) if also else ("", [])
+    projection = also(len(params) + 1) if also else Projection("", [])
+    refusal = (f"CASE WHEN NOT ({projection.requires}) THEN "
+               "append_refused('a session moved on since the batch was decided') END, "
+               if projection.requires else "")
     # With ``lock``, every write joins ``serial``: nothing is written before the lock is held.
     serial = " CROSS JOIN serial" if lock else ""
     row = await conn.fetchrow(
         (f"WITH serial AS MATERIALIZED (SELECT pg_advisory_xact_lock({APPEND_LOCK})), "
-         if lock else "WITH ")
-        + (extra_ctes + ", " if extra_ctes else "") +
+         if lock else "WITH ") +
         f"""appended AS (
              INSERT INTO events (event_id, stream_id, version, type, schema_version, payload,
                                  actor_id, actor_role, correlation_id, causation_id,
@@ -131,15 +145,15 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
                          $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
                          $11::timestamptz[], $12::text[])
                   AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r){serial}
-             RETURNING event_id, position),
+             RETURNING event_id, position, stream_id, version, type, payload, occurred_at),
            handled AS (
              INSERT INTO inbox (message_id, type)
              SELECT m, t FROM unnest($13::uuid[], $14::text[]) AS i(m, t){serial}
-             ON CONFLICT DO NOTHING)
-           SELECT CASE WHEN $15 THEN pg_notify('events_appended', '') END,
+             ON CONFLICT DO NOTHING){", " + projection.ctes if projection.ctes else ""}
+           SELECT {refusal}CASE WHEN $15 THEN pg_notify('events_appended', '') END,
                   (SELECT array_agg(event_id ORDER BY position) FROM appended) AS ids,
                   (SELECT array_agg(position ORDER BY position) FROM appended) AS positions""",
-        *params, *extra_params)
+        *params, *projection.params)
     positions = dict(zip(row["ids"], row["positions"], strict=True))
     for event in events:
         event.position = positions[event.event_id]

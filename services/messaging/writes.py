@@ -53,12 +53,14 @@ async def create_sessions(conn, writes: list[Write], results: list, now: datetim
 
 
 async def append_messages(conn, writes: list[Write], results: list, now: datetime,
-                          decide, *, lock_rows: bool = True) -> list:
-    """Text and attachment messages alike: lock the sessions (unless ``lock_rows`` is False:
-    an optimistic write, see ``handlers.send_optimistically``), look the idempotency keys up,
-    let ``decide(state, stored, command, actor, now)`` answer a retry or give the next seq."""
-    session_ids = sorted({w.command.session_id for w in writes})
-    states = await store.load_sessions(conn, session_ids, for_update=lock_rows)
+                          decide, *, states: dict | None = None) -> list:
+    """Text and attachment messages alike: lock the sessions (unless their ``states`` are
+    given: an optimistic write, see ``handlers.send_optimistically``), look the idempotency
+    keys up, let ``decide(state, stored, command, actor, now)`` answer a retry or give the
+    next seq. The states move on to the seqs given."""
+    if states is None:
+        states = await store.load_sessions(conn, sorted({w.command.session_id for w in writes}),
+                                           for_update=True)
     keys = [(w.command.session_id, w.envelope.actor.user_id, w.command.client_msg_id)
             for w in writes]
     stored = await store.find_by_client_ids(conn, keys)
@@ -88,9 +90,9 @@ async def append_messages(conn, writes: list[Write], results: list, now: datetim
 
 
 async def send_messages(conn, writes: list[Write], results: list, now: datetime, *,
-                        lock_rows: bool = True) -> list:
+                        states: dict | None = None) -> list:
     return await append_messages(conn, writes, results, now, domain.send_message,
-                                 lock_rows=lock_rows)
+                                 states=states)
 
 
 async def mark_receipts(conn, writes: list[Write], results: list, now: datetime) -> list:
