@@ -12,18 +12,18 @@
   otherwise it waits for a reply to come back, at most ``coalesce_window_s``. So an idle
   system adds no delay and a busy one sends fewer, fuller messages. No reply within
   ``rpc_timeout_s`` becomes 503 ``unavailable``.
-- ``serve`` consumes a durable quorum queue with a prefetch limit, hands the handler every
-  envelope that is waiting (up to ``max_batch``) at once, replies, and acks only after the handler
-  returned (the handler commits). If a batch fails, each message is retried alone, so one poison
-  message cannot hold the others; a message that keeps failing is dead-lettered by the queue's
-  delivery limit.
+- ``serve`` consumes a durable queue with a prefetch limit, hands the handler every envelope that
+  is waiting (up to ``max_batch``) at once, replies, and acks only after the handler returned
+  (the handler commits). If a batch fails, each message is retried alone, so one poison message
+  cannot hold the others; a message that keeps failing is dead-lettered after
+  ``delivery_limit`` tries (a quorum queue counts them; for a classic queue the consumer does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -347,7 +347,8 @@ class Broker:
         await channel.set_qos(prefetch_count=prefetch)
         queue = await self.declare_durable(spec, channel)
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        workers = [_BatchWorker(self, spec.name, handler, inbox, max_batch)
+        tries = None if spec.counts_deliveries else _Tries(self.settings.delivery_limit)
+        workers = [_BatchWorker(self, spec.name, handler, inbox, max_batch, tries)
                    for _ in range(concurrency)]
         tag = await queue.consume(inbox.put)
         task = asyncio.create_task(_run_all(workers))
@@ -425,16 +426,39 @@ async def _run_all(workers: list[_BatchWorker]) -> None:
     await asyncio.gather(*(worker.run() for worker in workers))
 
 
+class _Tries:
+    """Failed tries of each message, for a queue that does not count deliveries itself
+    (classic). Counted in this process, so a message that kills the process is not counted
+    (a quorum queue's delivery limit also covers that)."""
+
+    def __init__(self, limit: int, remember: int = 10_000):
+        self.limit = limit
+        self.remember = remember
+        self._failed: OrderedDict[object, int] = OrderedDict()
+
+    def failed(self, message: AbstractIncomingMessage) -> bool:
+        """Count a failed try; True once the message has had its ``limit`` tries."""
+        key = message.message_id or message.correlation_id or hash(message.body)
+        count = self._failed.pop(key, 0) + 1
+        if count >= self.limit:
+            return True
+        self._failed[key] = count
+        if len(self._failed) > self.remember:
+            self._failed.popitem(last=False)
+        return False
+
+
 class _BatchWorker:
     """Takes what is waiting in the inbox, handles it as one batch, replies, then acks."""
 
     def __init__(self, broker: Broker, queue_name: str, handler: BatchHandler,
-                 inbox: asyncio.Queue, max_batch: int):
+                 inbox: asyncio.Queue, max_batch: int, tries: _Tries | None):
         self.broker = broker
         self.queue_name = queue_name
         self.handler = handler
         self.inbox = inbox
         self.max_batch = max_batch
+        self.tries = tries
         self.stopping = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -510,10 +534,16 @@ class _BatchWorker:
         BROKER_CONSUMED.labels(self.queue_name, "ok").inc(len(decoded))
 
     async def _give_back(self, message: AbstractIncomingMessage) -> None:
-        """Requeue for another try; the quorum queue's delivery limit dead-letters it."""
+        """Requeue for another try, or dead-letter a message that had all its tries (the
+        quorum queue's delivery limit, or our own count)."""
         log.error("message_failed", queue=self.queue_name, message_id=message.message_id,
                   redelivered=message.redelivered)
         BROKER_CONSUMED.labels(self.queue_name, "failed").inc()
+        if self.tries is not None and self.tries.failed(message):
+            log.error("message_dead_lettered", queue=self.queue_name,
+                      correlation_id=message.correlation_id)
+            await _settle(message.reject(requeue=False))
+            return
         await _settle(message.nack(requeue=True))
 
 

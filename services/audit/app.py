@@ -19,7 +19,7 @@ from shared.db import UNREACHABLE, apply_migrations, ensure_database, readiness
 from shared.logging import configure_logging, get_logger
 from shared.ops import start_ops_server
 from shared.settings import load_settings
-from shared.topology import command_queue, event_queue
+from shared.topology import event_queue, request_queue
 
 from . import domain, store
 from .handlers import Deps, append_events, handle_commands
@@ -69,7 +69,7 @@ async def serve(settings: AuditSettings, stop: asyncio.Event) -> None:
     events = await broker.serve(events_queue(), _transient(lambda e: append_events(e, deps)),
                                 prefetch=settings.audit_prefetch,
                                 max_batch=settings.audit_prefetch)
-    commands = await broker.serve(command_queue("audit"),
+    commands = await broker.serve(request_queue("audit", settings.request_queue_type),
                                   _transient(lambda e: handle_commands(e, deps)), prefetch=64)
     service.watch(events.task, stop, "event_consumer")
     service.watch(commands.task, stop, "command_consumer")

@@ -23,7 +23,7 @@ from shared.logging import configure_logging, get_logger
 from shared.ops import start_ops_server
 from shared.s3 import ObjectStore
 from shared.settings import load_settings
-from shared.topology import COMMANDS, DurableQueue, event_queue
+from shared.topology import event_queue, request_queue
 
 from .deps import Deps
 from .handlers import EVENT_HANDLERS, handle_commands, handle_events, sweep
@@ -33,8 +33,6 @@ from .settings import MediaSettings
 
 log = get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
-INGEST_QUEUE = DurableQueue("media.ingest", COMMANDS, ("media.ingest",))
-QUERY_QUEUE = DurableQueue("media.queries", COMMANDS, ("media.get_attachment_url",))
 EVENT_QUEUE = event_queue("media", tuple(f"session.*.{t}" for t in EVENT_HANDLERS))
 
 
@@ -72,11 +70,14 @@ async def serve(settings: MediaSettings, stop: asyncio.Event) -> None:
         settings.media_ops_host, settings.media_ops_port)
     relay_task = service.watch(asyncio.create_task(relay.run()), stop, "outbox_relay")
     sweeper_task = asyncio.create_task(_sweep_forever(deps, settings))
+    queries = request_queue("media", settings.request_queue_type, "queries",
+                            ("media.get_attachment_url",))
+    ingest = request_queue("media", settings.request_queue_type, "ingest", ("media.ingest",))
     consumers = [
         await broker.serve(EVENT_QUEUE, lambda envs: handle_events(envs, deps), prefetch=256),
-        await broker.serve(QUERY_QUEUE, lambda envs: handle_commands(envs, deps),
+        await broker.serve(queries, lambda envs: handle_commands(envs, deps),
                            prefetch=64, max_batch=64),
-        await broker.serve(INGEST_QUEUE, lambda envs: handle_commands(envs, deps),
+        await broker.serve(ingest, lambda envs: handle_commands(envs, deps),
                            prefetch=settings.media_ingest_concurrency,
                            max_batch=settings.media_ingest_concurrency),
     ]

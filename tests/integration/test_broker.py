@@ -11,7 +11,7 @@ import pytest
 from shared.broker import Broker, TransientError
 from shared.contracts.envelope import failed, new_envelope, ok
 from shared.contracts.errors import ErrorCode, ServiceError
-from shared.topology import EVENTS, DurableQueue, command_queue
+from shared.topology import EVENTS, DurableQueue, command_queue, request_queue
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +66,13 @@ async def test_no_reply_in_time_is_unavailable(broker: Broker):
         await consumer.stop(1)
 
 
-async def test_a_poison_message_is_dead_lettered_and_the_others_keep_flowing(broker: Broker):
+@pytest.mark.parametrize("queue", ["quorum commands", "classic requests"])
+async def test_a_poison_message_is_dead_lettered_and_the_others_keep_flowing(broker: Broker,
+                                                                            queue: str):
+    """A quorum queue counts the tries itself; for a classic queue the consumer counts them."""
     service = unique_service()
-    spec = command_queue(service)
+    spec = (command_queue(service) if queue == "quorum commands"
+            else request_queue(service, "classic"))
     attempts = {"poison": 0}
 
     async def handler(envelopes):
@@ -88,8 +92,9 @@ async def test_a_poison_message_is_dead_lettered_and_the_others_keep_flowing(bro
         dlq = await broker._channel.declare_queue(spec.dead_letter_queue, passive=True)
         message = await _wait_for_message(dlq)
         assert orjson.loads(message.body)[0]["payload"]["poison"] is True
-        # delivery_limit=3 in the fixture: tried a bounded number of times, then given up.
-        assert 1 <= attempts["poison"] <= 5
+        # delivery_limit=3 in the fixture: tried a bounded number of times, then given up
+        # (for the classic queue: at most once with others, then three times alone).
+        assert 1 <= attempts["poison"] <= (5 if queue == "quorum commands" else 4)
     finally:
         await consumer.stop(1)
 
@@ -147,3 +152,13 @@ def test_durable_queues_are_quorum_queues_with_a_delivery_limit():
     args = DurableQueue("x.commands", "chat.commands", ("x.*",)).arguments(5)
     assert args["x-queue-type"] == "quorum" and args["x-delivery-limit"] == 5
     assert args["x-dead-letter-exchange"] == "chat.dlx"
+
+
+def test_request_queues_are_classic_or_quorum_as_configured():
+    classic = request_queue("x", "classic")
+    assert classic.arguments(5) == {"x-queue-type": "classic", "x-dead-letter-exchange": "chat.dlx",
+                                    "x-dead-letter-routing-key": "x.commands"}
+    assert not classic.counts_deliveries  # the consumer counts the tries
+    assert request_queue("x", "quorum").arguments(5)["x-delivery-limit"] == 5
+    with pytest.raises(ValueError):
+        request_queue("x", "stream")
