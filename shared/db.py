@@ -83,14 +83,19 @@ async def _no_session_state_to_reset(conn: asyncpg.Connection) -> None:
 # Prepared statements are planned for every execution. A generic plan, cached once, keeps the
 # table sizes of the moment it was made: made while a table was small, it seq-scans the table
 # long after it has grown (seen: the idempotency lookup of every send, 1 ms and growing).
-# Custom plans see the current size of each table, at a planning cost of tens of microseconds.
+# Custom plans see the current size of each table, at a planning cost of tens of microseconds
+# (and of half a millisecond for a statement of many parts). A pool made for statements
+# whose every access is by key may ask for generic plans (``plans="force_generic_plan"``).
 POOL_SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
+                      plans: str = POOL_SERVER_SETTINGS["plan_cache_mode"]) -> asyncpg.Pool:
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                      init=_init_connection, reset=_no_session_state_to_reset,
-                                     server_settings=POOL_SERVER_SETTINGS, command_timeout=30)
+                                     server_settings={**POOL_SERVER_SETTINGS,
+                                                      "plan_cache_mode": plans},
+                                     command_timeout=30)
 
 
 def readiness(pool: asyncpg.Pool):

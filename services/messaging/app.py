@@ -44,8 +44,12 @@ async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
                              max_size=settings.messaging_db_pool_size)
     broker = Broker(settings, "messaging")
     await broker.start()
+    # Optimistic writes go one at a time (handlers.write_messages): two connections suffice.
+    writer = await create_pool(settings.messaging_database_url, min_size=1, max_size=2,
+                               plans="force_generic_plan")
     relay = OutboxRelay(settings.messaging_database_url, broker)
-    deps = Deps(pool=pool, on_commit=relay.committed, notify_relays=relay.needs_notify)
+    deps = Deps(pool=pool, writer=writer, on_commit=relay.committed,
+                notify_relays=relay.needs_notify)
 
     handle = retry_when(UNREACHABLE, lambda envelopes: handle_batch(envelopes, deps))
 
@@ -71,6 +75,7 @@ async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
         relay_task.cancel()
     await ops.cleanup()
     await broker.close()
+    await writer.close()
     await pool.close()
     log.info("messaging_stopped")
 

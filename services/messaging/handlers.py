@@ -63,11 +63,18 @@ class Deps:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     # The sessions as this process last decided them (see ``sessions``).
     sessions: SessionCache = field(default_factory=SessionCache)
-    # One optimistic write on its way to Postgres at a time: the next batch is decided
-    # meanwhile, and its write follows in the order the batches were decided (two writes sent
-    # together could take the append lock in either order, and the later one would refuse
-    # the earlier).
+    # Connections for the optimistic writes of messages, whose one statement accesses every
+    # row by key: planned once (generic plans), not at every batch. None: ``pool``.
+    writer: asyncpg.Pool | None = None
+    # Batches of messages are decided one at a time, in the order they came (each continues
+    # the seqs the one before assigned), and written one at a time in that order (two writes
+    # sent together could take the append lock in either order); the next batch is decided
+    # while one is written. So one connection's messages keep the order they were sent in.
+    deciding: asyncio.Lock = field(default_factory=asyncio.Lock)
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Bumped whenever an optimistic write is refused: a batch decided before then may have
+    # continued seqs that were never written.
+    refusals: int = 0
 
 
 WRITE_HANDLERS: dict[type, Callable[..., Awaitable[list]]] = {
@@ -81,57 +88,72 @@ WRITE_HANDLERS: dict[type, Callable[..., Awaitable[list]]] = {
 }
 
 
-async def send_optimistically(batch: list[Write], results: list, deps: Deps) -> bool:
-    """The hot path, a batch of text messages only, without the append lock until its one
-    write: the messages are decided on what this process knows of the sessions (read only
-    when it knows nothing) and on the idempotency keys (read without a lock), and the events
-    and their projection are written by one statement that is its own transaction and takes
-    the append lock itself. Batches do not wait for each other: one is decided while the
-    one before it is written, continuing its seqs.
+async def handle_writes(batch: list[Write], results: list, deps: Deps) -> None:
+    sends = sum(1 for w in batch if type(w.command) is SendMessage)
+    if sends == len(batch):
+        await write_messages(batch, results, deps)
+    elif sends:
+        # Messages among other writes (the consumer merged several broker messages): all
+        # under the lock, but in their place in line with the batches of messages.
+        async with deps.deciding:
+            pass
+        async with deps.writing:
+            await write_under_lock(batch, results, deps)
+    else:
+        await write_under_lock(batch, results, deps)
+
+
+async def write_messages(batch: list[Write], results: list, deps: Deps) -> None:
+    """The hot path, a batch of text messages only, written optimistically: decided on what
+    this process knows of the sessions (read only when it knows nothing) and on the
+    idempotency keys (read without a lock), and written, events and projection, by one
+    statement that is its own transaction and takes the append lock itself. The next batch is
+    decided while this one is written, continuing its seqs, and written after it.
 
     The write commits only if every session is still where the batch was decided to continue
-    it, and no message with one of its idempotency keys was stored meanwhile. False: nothing
-    was written (another writer came first, or the batch this one continued was refused); what
-    this process knew of those sessions is forgotten, and the caller runs the batch under the
-    lock."""
-    # No inbox rows: a message is idempotent by its client_msg_id, which also answers a
-    # redelivered command with the stored message.
+    it, and no message with one of its idempotency keys was stored meanwhile. Otherwise
+    (another writer came first, or the batch this one continued was refused) nothing is
+    written, what this process knew of those sessions is forgotten, and the batch is written
+    under the lock instead, still before any batch decided after it: one connection's messages
+    keep the order they were sent in. No inbox rows: a message is idempotent by its
+    client_msg_id, which also answers a redelivered command with the stored message."""
     session_ids = sorted({w.command.session_id for w in batch})
-    async with deps.pool.acquire() as conn:
-        states = await deps.sessions.states(conn, session_ids)
-        now = deps.clock()
-        events = await writes.send_messages(conn, batch, results, now, states=states)
-        try:
-            async with deps.writing:
+    async with deps.deciding:  # taken before any await: batches are decided as they came
+        states = await deps.sessions.states(deps.pool, session_ids)
+        decided_after = deps.refusals
+        events = await writes.send_messages(None, batch, results, deps.clock(), states=states)
+    async with deps.writing, (deps.writer or deps.pool).acquire() as conn:
+        if decided_after == deps.refusals:
+            try:
                 before = await store.append_events(
                     conn, events, notify=deps.notify_relays(), lock=True,
                     also=lambda first: projections.message_sent_ctes(
                         "appended", expect_sessions=(len({e.stream_id for e in events}),
                                                      first)))
-        except (asyncpg.UniqueViolationError, asyncpg.SerializationError):
-            OPTIMISTIC_WRITES.labels("refused").inc()
-            deps.sessions.forget(session_ids)
-            for w in batch:
-                results[w.index] = None
-            return False
-    OPTIMISTIC_WRITES.labels("committed").inc()
-    if events:
-        deps.on_commit(before, events)
-    return True
+            except (asyncpg.UniqueViolationError, asyncpg.SerializationError):
+                pass
+            else:
+                OPTIMISTIC_WRITES.labels("committed").inc()
+                if events:
+                    deps.on_commit(before, events)
+                return
+        OPTIMISTIC_WRITES.labels("refused").inc()
+        deps.refusals += 1
+        deps.sessions.forget(session_ids)
+        for w in batch:
+            results[w.index] = None
+        await write_under_lock(batch, results, deps)
 
 
-async def handle_writes(batch: list[Write], results: list, deps: Deps) -> None:
-    """All writes of a batch in one transaction. Each command type's group is decided,
-    appended and projected before the next group runs. A batch of text messages only is tried
-    optimistically first (``send_optimistically``)."""
-    if all(type(w.command) is SendMessage for w in batch) and \
-            await send_optimistically(batch, results, deps):
-        return
+async def write_under_lock(batch: list[Write], results: list, deps: Deps) -> None:
+    """All writes of a batch in one transaction that holds the append lock from its start.
+    Each command type's group is decided, appended and projected before the next group runs.
+    """
     now = deps.clock()
     appended: list[store.NewEvent] = []
     before = None  # the position the batch's events follow
     notify = deps.notify_relays()
-    # The inbox travels with the first group's append (the hot path: one statement for both).
+    # The inbox travels with the first group's append (one statement for both).
     inbox = [(w.envelope.message_id, w.envelope.type) for w in batch]
     try:
         async with store.append_transaction(deps.pool) as conn:

@@ -29,7 +29,7 @@ class SessionCache:
     def __len__(self) -> int:
         return len(self._states)
 
-    async def states(self, conn: asyncpg.Connection, session_ids: list[uuid.UUID]
+    async def states(self, pool: asyncpg.Pool, session_ids: list[uuid.UUID]
                      ) -> dict[uuid.UUID, SessionState]:
         """The sessions that exist among ``session_ids``: known ones from memory, the others
         read (without a lock). The objects are shared: deciding a batch moves their
@@ -44,7 +44,9 @@ class SessionCache:
                 self._states.move_to_end(session_id)
                 found[session_id] = state
         if missing:
-            for session_id, state in (await store.load_sessions(conn, missing)).items():
+            async with pool.acquire() as conn:
+                loaded = await store.load_sessions(conn, missing)
+            for session_id, state in loaded.items():
                 # Another batch may have read and moved it on meanwhile: keep that one.
                 found[session_id] = self._states.setdefault(session_id, state)
             while len(self._states) > self.max_size:

@@ -54,16 +54,21 @@ async def create_sessions(conn, writes: list[Write], results: list, now: datetim
 
 async def append_messages(conn, writes: list[Write], results: list, now: datetime,
                           decide, *, states: dict | None = None) -> list:
-    """Text and attachment messages alike: lock the sessions (unless their ``states`` are
-    given: an optimistic write, see ``handlers.send_optimistically``), look the idempotency
-    keys up, let ``decide(state, stored, command, actor, now)`` answer a retry or give the
-    next seq. The states move on to the seqs given."""
+    """Text and attachment messages alike: lock the sessions and look the idempotency keys
+    up, then let ``decide(state, stored, command, actor, now)`` answer a retry or give the
+    next seq. The states move on to the seqs given.
+
+    Given ``states`` (an optimistic write, see ``handlers.write_messages``), neither is read:
+    a key already stored makes the store's unique index refuse the write, which is then
+    redone under the lock (where it is looked up). A retry is rare; a read per batch is not."""
+    keys = [(w.command.session_id, w.envelope.actor.user_id, w.command.client_msg_id)
+            for w in writes]
     if states is None:
         states = await store.load_sessions(conn, sorted({w.command.session_id for w in writes}),
                                            for_update=True)
-    keys = [(w.command.session_id, w.envelope.actor.user_id, w.command.client_msg_id)
-            for w in writes]
-    stored = await store.find_by_client_ids(conn, keys)
+        stored = await store.find_by_client_ids(conn, keys)
+    else:
+        stored = {}
     events = []
     for w, key in zip(writes, keys, strict=True):
         if faults.poisoned(getattr(w.command, "body", None)):

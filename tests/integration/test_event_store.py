@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from services.messaging.handlers import Deps, handle_batch
 from services.messaging.relay import OutboxRelay
-from shared.contracts.commands import CreateSession, SendMessage
+from shared.contracts.commands import CreateSession, RemoveParticipant, SendMessage
 from shared.contracts.envelope import Actor, new_envelope
 from shared.topology import EVENTS, session_binding
 
@@ -95,6 +95,62 @@ async def test_concurrent_writers_never_collide_and_leave_no_gaps(deps, messagin
             uuid.UUID(sid))]
     assert seqs == list(range(1, 161))
     assert versions == list(range(0, 161))  # position order is seq order
+
+
+def refused() -> float:
+    return REGISTRY.get_sample_value("chat_optimistic_writes_total", {"outcome": "refused"}) or 0
+
+
+async def test_a_session_that_moved_on_elsewhere_refuses_the_write_decided_on_what_was_known(
+        deps, messaging_pool):
+    """Replica A knows the session at seq 1; replica B writes seq 2. A's next message, decided
+    on seq 1, is refused by the store and written under the lock instead: seq 3."""
+    sid = await new_session(deps, "alice", "bob")
+    other = Deps(pool=messaging_pool)
+    [first] = await handle_batch([send(sid, "alice", "a1")], deps)
+    [second] = await handle_batch([send(sid, "bob", "b1")], other)
+    before = refused()
+    [third] = await handle_batch([send(sid, "alice", "a2")], deps)
+    assert [r["result"]["message"]["seq"] for r in (first, second, third)] == [1, 2, 3]
+    assert refused() == before + 1
+
+
+async def test_a_participant_removed_elsewhere_cannot_post_on_what_was_known(
+        deps, messaging_pool):
+    """The removal moves the session's seq on, so a message decided on the old membership
+    (bob still a participant, in replica A's memory) is refused, and decided again: 404."""
+    sid = await new_session(deps, "alice", "bob", "carol")
+    other = Deps(pool=messaging_pool)
+    [ok_reply] = await handle_batch([send(sid, "bob", "hello")], deps)
+    assert ok_reply["ok"]
+    [removed] = await handle_batch([envelope(RemoveParticipant(session_id=sid, user_id="bob"),
+                                             "alice")], other)
+    assert removed["ok"], removed
+    [late] = await handle_batch([send(sid, "bob", "still here?")], deps)
+    assert late["ok"] is False and late["error"]["code"] == "not_found"
+    async with messaging_pool.acquire() as conn:
+        bodies = [r["body"] for r in await conn.fetch(
+            "SELECT body FROM messages WHERE session_id = $1 ORDER BY seq", uuid.UUID(sid))]
+    assert bodies == ["hello"]
+
+
+async def test_batches_decided_after_a_refused_one_are_written_after_it(deps, messaging_pool):
+    """Four batches of one sender in flight at once, the first decided on a stale seq: it is
+    refused, and the batches decided after it (continuing its seqs) are written after it, so
+    the sender's messages keep their order and the stream has no gap."""
+    sid = await new_session(deps, "alice", "bob")
+    await handle_batch([send(sid, "alice", "known")], deps)
+    await handle_batch([send(sid, "bob", "elsewhere")], Deps(pool=messaging_pool))
+    before = refused()
+    batches = [[send(sid, "alice", f"{b}-{i}") for i in range(5)] for b in range(4)]
+    results = await asyncio.gather(*(handle_batch(b, deps) for b in batches))
+    assert all(r["ok"] for replies in results for r in replies)
+    assert refused() > before
+    async with messaging_pool.acquire() as conn:
+        rows = await conn.fetch("SELECT seq, body FROM messages WHERE session_id = $1 "
+                                "ORDER BY seq", uuid.UUID(sid))
+    assert [r["seq"] for r in rows] == list(range(1, 23))
+    assert [r["body"] for r in rows][2:] == [f"{b}-{i}" for b in range(4) for i in range(5)]
 
 
 async def test_the_relay_publishes_every_committed_event_once_in_order(deps, broker,
