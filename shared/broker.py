@@ -95,12 +95,11 @@ class Broker:
         self._channel: AbstractChannel | None = None
         self._reply_channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
-        # correlation id -> (routing key, the callers' futures, its deadline timer) of each
-        # batch awaiting its reply
-        self._waiting: dict[str, tuple[str, list[asyncio.Future], asyncio.TimerHandle]] = {}
+        # correlation id -> (routing key, its calls, its deadline timer) of each batch
+        # awaiting its reply
+        self._waiting: dict[str, tuple[str, list[_Call], asyncio.TimerHandle]] = {}
         self._in_flight: dict[str, int] = defaultdict(int)  # batches awaiting a reply, by key
-        self._pending: dict[str, list[tuple[dict, asyncio.Future, float]]] = \
-            defaultdict(list)
+        self._pending: dict[str, list[_Call]] = defaultdict(list)  # not yet sent, by key
         self._flush_handles: dict[str, asyncio.Handle] = {}
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -220,25 +219,25 @@ class Broker:
         ``envelope`` may be an ``Envelope`` or its JSON form (a dict), which the hot paths
         build directly. No reply within ``timeout`` is 503 ``unavailable``.
         """
-        routing_key = routing_key or (envelope.type if isinstance(envelope, Envelope)
-                                      else envelope["type"])
-        return result_of(await self.submit(envelope, routing_key=routing_key, timeout=timeout))
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.submit(envelope, partial(_settle_future, future), routing_key=routing_key,
+                    timeout=timeout)
+        return result_of(await future)
 
-    def submit(self, envelope: Envelope | dict, *, routing_key: str | None = None,
-               timeout: float | None = None) -> asyncio.Future:
-        """``request`` without a coroutine: a future of the reply (``{"ok": true, "result":
-        ...}`` or ``{"ok": false, "error": {...}}``; never an exception), for hot paths that
-        answer in a callback instead of a task per request."""
+    def submit(self, envelope: Envelope | dict, answer: Callable[[dict[str, Any]], None], *,
+               routing_key: str | None = None, timeout: float | None = None) -> None:
+        """``request`` without a coroutine or a future, for hot paths: ``answer(reply)`` is
+        called once, with the reply (``{"ok": true, "result": ...}`` or ``{"ok": false,
+        "error": {...}}``, a timeout included; it never raises)."""
         if isinstance(envelope, Envelope):
             envelope = envelope.model_dump(mode="json")
         routing_key = routing_key or envelope["type"]
-        timeout = timeout or self.settings.rpc_timeout_s
         loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
         pending = self._pending[routing_key]
         # The deadline is kept with the request; one timer per batch enforces them (see
         # _expire_batch): no timer per request, which matters at thousands a second.
-        pending.append((envelope, future, loop.time() + timeout))
+        pending.append(_Call(envelope, answer,
+                             loop.time() + (timeout or self.settings.rpc_timeout_s)))
         if len(pending) >= self.max_request_batch:
             self._flush_now(routing_key)
         elif routing_key not in self._flush_handles:
@@ -247,9 +246,6 @@ class Broker:
             else:  # a reply coming back flushes sooner (see _batch_done)
                 handle = loop.call_later(self.coalesce_window_s, self._flush_now, routing_key)
             self._flush_handles[routing_key] = handle
-        future.add_done_callback(partial(_observe_rpc, _rpc_seconds(routing_key),
-                                         time.perf_counter()))
-        return future
 
     def _flush_now(self, routing_key: str) -> None:
         handle = self._flush_handles.pop(routing_key, None)
@@ -260,79 +256,80 @@ class Broker:
             self._in_flight[routing_key] += 1
             self._spawn(self._send_requests(routing_key, batch))
 
-    def _batch_done(self, correlation_id: str) -> list[asyncio.Future] | None:
+    def _batch_done(self, correlation_id: str) -> list[_Call] | None:
         """A batch was answered, failed to publish or was given up on: its slot frees, and
-        requests held for it leave now. Returns its callers' futures (None: already done)."""
+        requests held for it leave now. Returns its calls (None: already done)."""
         entry = self._waiting.pop(correlation_id, None)
         if entry is None:
             return None
-        routing_key, futures, timer = entry
+        routing_key, calls, timer = entry
         timer.cancel()
         self._in_flight[routing_key] -= 1
         if self._pending.get(routing_key):
             self._flush_now(routing_key)
-        return futures
+        return calls
 
-    def _expire_batch(self, correlation_id: str, routing_key: str,
-                      batch: list[tuple[dict, asyncio.Future, float]]) -> None:
+    def _expire_batch(self, correlation_id: str, routing_key: str) -> None:
         """At the earliest deadline of a batch: its callers whose deadline passed get 503
         ``unavailable``. The batch is forgotten (its slot freed) once every caller is done."""
+        entry = self._waiting.get(correlation_id)
+        if entry is None:
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         later = []
-        for _, future, deadline in batch:
-            if future.done():
+        for call in entry[1]:
+            if call.answer is None:
                 continue
-            if deadline <= now:
+            if call.deadline <= now:
                 RPC_FAILURES.labels(routing_key, "timeout").inc()
                 error = unavailable(f"no answer from {routing_key.split('.')[0]} in time")
-                future.set_result({"ok": False, "error": error.to_dict()})
+                call.answered({"ok": False, "error": error.to_dict()}, routing_key)
             else:
-                later.append(deadline)
-        entry = self._waiting.get(correlation_id)
-        if later and entry is not None:
-            timer = loop.call_at(min(later), self._expire_batch, correlation_id, routing_key,
-                                 batch)
+                later.append(call.deadline)
+        if later:
+            timer = loop.call_at(min(later), self._expire_batch, correlation_id, routing_key)
             self._waiting[correlation_id] = (entry[0], entry[1], timer)
         else:
             self._batch_done(correlation_id)
 
-    async def _send_requests(self, routing_key: str,
-                             batch: list[tuple[dict, asyncio.Future, float]]) -> None:
+    async def _send_requests(self, routing_key: str, calls: list[_Call]) -> None:
         correlation_id = new_hex()
-        futures = [future for _, future, _ in batch]
         timer = asyncio.get_running_loop().call_at(
-            min(deadline for _, _, deadline in batch), self._expire_batch, correlation_id,
-            routing_key, batch)
-        self._waiting[correlation_id] = (routing_key, futures, timer)
+            min(call.deadline for call in calls), self._expire_batch, correlation_id,
+            routing_key)
+        self._waiting[correlation_id] = (routing_key, calls, timer)
         try:
-            body = orjson.dumps([env for env, _, _ in batch])
+            body = orjson.dumps([call.envelope for call in calls])
             await self.publish(COMMANDS, [routing_key], body, message_type=routing_key,
                                reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
                                persistent=False)
         except ServiceError as exc:
             self._batch_done(correlation_id)
             RPC_FAILURES.labels(routing_key, "publish").inc()
-            for future in futures:
-                if not future.done():
-                    future.set_result({"ok": False, "error": exc.to_dict()})
+            for call in calls:
+                if call.answer is not None:
+                    call.answered({"ok": False, "error": exc.to_dict()}, routing_key)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        futures = self._batch_done(message.correlation_id or "")
-        if futures is None:
+        correlation_id = message.correlation_id or ""
+        routing_key = (self._waiting.get(correlation_id) or ("",))[0]
+        calls = self._batch_done(correlation_id)
+        if calls is None:
             return  # the callers gave up (timeout) or it is not ours
         try:
             results = orjson.loads(message.body)
         except orjson.JSONDecodeError:
             log.error("bad_reply_body", correlation_id=message.correlation_id)
             results = []
-        for index, future in enumerate(futures):
-            if future.done():
+        for index, call in enumerate(calls):
+            if call.answer is None:
                 continue
             if index < len(results):
-                future.set_result(results[index])
+                call.answered(results[index], routing_key)
             else:
-                future.set_result({"ok": False, "error": unavailable("malformed reply").to_dict()})
+                call.answered({"ok": False, "error": unavailable("malformed reply").to_dict()},
+                              routing_key)
 
     # ---- consuming ------------------------------------------------------------------------
 
@@ -384,8 +381,28 @@ def result_of(reply: dict[str, Any]) -> Any:
     raise ServiceError.from_dict(reply["error"])
 
 
-def _observe_rpc(histogram, started: float, _future: asyncio.Future) -> None:
-    histogram.observe(time.perf_counter() - started)
+class _Call:
+    """One request of a batch: its envelope, who gets the answer (None once answered), by
+    when, and since when (the round trip each caller saw is observed)."""
+
+    __slots__ = ("envelope", "answer", "deadline", "started")
+
+    def __init__(self, envelope: dict, answer: Callable[[dict[str, Any]], None],
+                 deadline: float):
+        self.envelope = envelope
+        self.answer: Callable[[dict[str, Any]], None] | None = answer
+        self.deadline = deadline
+        self.started = time.perf_counter()
+
+    def answered(self, reply: dict[str, Any], routing_key: str) -> None:
+        answer, self.answer = self.answer, None
+        _rpc_seconds(routing_key).observe(time.perf_counter() - self.started)
+        answer(reply)
+
+
+def _settle_future(future: asyncio.Future, reply: dict[str, Any]) -> None:
+    if not future.done():  # the caller may have given up (cancelled)
+        future.set_result(reply)
 
 
 _RPC_SECONDS_BY_KEY: dict = {}

@@ -29,8 +29,8 @@ def new_uuid() -> uuid.UUID:
 
 def new_uuid_str() -> str:
     """``str(new_uuid())``, for the hot paths that only need the text."""
-    h = format(_bits(), "032x")
-    return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+    h = "%032x" % _bits()  # noqa: UP031 - the fastest of the ways to write it
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_hex() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 from aiohttp import web
@@ -32,6 +32,12 @@ _USER_ID = re.compile(USER_ID_PATTERN)
 class Principal:
     actor: Actor
     expires_at: float
+    # The actor as every envelope of this principal carries it (built once per connection).
+    actor_json: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "actor_json",
+                           {"user_id": self.actor.user_id, "role": self.actor.role})
 
     @property
     def user_id(self) -> str:

@@ -66,15 +66,17 @@ class Connection:
         return self.principal.user_id
 
     def send(self, frame: dict) -> None:
-        self.send_text(orjson.dumps(frame).decode())
+        self.send_framed(text_frame(orjson.dumps(frame)))
 
-    def send_text(self, text: str) -> None:
-        """Queue a frame; it is written at the end of this loop iteration."""
+    def send_framed(self, data: bytes) -> None:
+        """Queue a WebSocket frame already encoded (``text_frame``): an event's frame is
+        encoded once and the same bytes go to every connection. Written at the end of this
+        loop iteration."""
         if self.closed:
             return
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(text_frame(text.encode()))
+        self._out.append(data)
 
     def _flush(self) -> None:
         """Write the queued frames. A client whose unsent bytes pass the limit is cut off; it
@@ -88,8 +90,9 @@ class Connection:
             log.warning("slow_client_disconnected", connection_id=self.id, user_id=self.user_id)
             self.close(WSCloseCode.TRY_AGAIN_LATER, "too slow")
 
-    def deliver(self, session_id: str, frame: dict, text: str) -> None:
-        """Send a session event unless it was already sent (seq) or the join is in progress."""
+    def deliver(self, session_id: str, frame: dict, data: bytes) -> None:
+        """Send a session event (``frame``, and ``data``: it as a ``text_frame``) unless it was
+        already sent (seq) or the join is in progress."""
         view = self.sessions.get(session_id)
         if view is None:
             return
@@ -107,7 +110,7 @@ class Connection:
                 self.on_gap(self, session_id)
                 return
             view.last_seq = seq
-        self.send_text(text)
+        self.send_framed(data)
 
     def send_backlog(self, session_id: str, frames: list[dict]) -> None:
         """Send stored events fetched for this connection, skipping seqs already sent."""

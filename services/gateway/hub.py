@@ -31,7 +31,7 @@ from shared.contracts.frames import frame_from_event, user_frame
 from shared.logging import get_logger
 from shared.topology import EVENTS, session_binding, user_binding
 
-from .connection import Connection, SessionView
+from .connection import Connection, SessionView, text_frame
 
 log = get_logger(__name__)
 
@@ -148,12 +148,12 @@ class Hub:
             if members:
                 frame = frame_from_event(type_, payload)
                 if frame is not None:
-                    text = orjson.dumps(frame).decode()
+                    data = text_frame(orjson.dumps(frame))
                     # Presence events are never echoed to their subject (the typist).
                     exclude = payload.get("exclude_user_id")
                     for conn in tuple(members):
                         if conn.user_id != exclude:
-                            conn.deliver(session_id, frame, text)
+                            conn.deliver(session_id, frame, data)
                 if type_ == "participant_removed":
                     self._drop_removed(session_id, payload["user_id"])
             recipients = envelope.get("recipients")
@@ -164,16 +164,16 @@ class Hub:
                           recipients: list[str]) -> None:
         # Usually every recipient's connection here has joined the session and got the
         # session frame: the user-level frame is only made for one that has not.
-        text = None
+        data = None
         for user_id in recipients:
             for conn in tuple(self.users.get(user_id, ())):
                 if session_id not in conn.sessions:
-                    if text is None:
+                    if data is None:
                         frame = user_frame(type_, payload)
                         if frame is None:
                             return
-                        text = orjson.dumps(frame).decode()
-                    conn.send_text(text)
+                        data = text_frame(orjson.dumps(frame))
+                    conn.send_framed(data)
 
     def _drop_removed(self, session_id: str, user_id: str) -> None:
         """A removed participant stops receiving the session at once (the removal itself was

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,19 +41,19 @@ async def call_raw(broker: Broker, type_: str, version: int, payload: dict[str, 
 
 
 def submit_raw(broker: Broker, type_: str, version: int, payload: dict[str, Any],
-               principal: Principal, correlation: str | None, *,
-               timeout: float | None = None) -> asyncio.Future:
-    """``call_raw`` without a coroutine: the future of the reply (see ``Broker.submit``)."""
-    return broker.submit(_envelope(type_, version, payload, principal, correlation),
-                         routing_key=type_, timeout=timeout)
+               principal: Principal, correlation: str | None,
+               answer: Callable[[dict[str, Any]], None], *,
+               timeout: float | None = None) -> None:
+    """``call_raw`` without a coroutine: ``answer(reply)`` is called (see ``Broker.submit``)."""
+    broker.submit(_envelope(type_, version, payload, principal, correlation), answer,
+                  routing_key=type_, timeout=timeout)
 
 
 def _envelope(type_: str, version: int, payload: dict[str, Any], principal: Principal,
               correlation: str | None) -> dict[str, Any]:
-    actor = principal.actor
     return {
         "message_id": new_uuid_str(), "type": type_, "version": version,
         "occurred_at": datetime.now(UTC).isoformat(),
         "correlation_id": correlation or correlation_id(), "causation_id": None,
-        "actor": {"user_id": actor.user_id, "role": actor.role}, "payload": payload,
+        "actor": principal.actor_json, "payload": payload,
     }

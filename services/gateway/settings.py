@@ -44,7 +44,7 @@ class GatewaySettings(UploadSettings, CommonSettings):
     # of their kind await a reply (0: never at once); otherwise they wait for a reply to come
     # back, at most ``coalesce_window_ms`` (see shared.broker).
     coalesce_window_ms: float = Field(default=10.0, ge=0, le=50)
-    coalesce_max_in_flight: int = Field(default=1, ge=0, le=64)
+    coalesce_max_in_flight: int = Field(default=2, ge=0, le=64)
 
     # Presence: every heartbeat renews the leases of this gateway's connections (presence lets
     # a lease lapse after CHAT_PRESENCE_LEASE_TTL_S, 25 s by default: keep this well below).

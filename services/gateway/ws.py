@@ -56,6 +56,8 @@ class Context:
         self.conn = conn
         self.broker = app[BROKER]
         self.hub: Hub = app[HUB]
+        self.presence = app[PRESENCE]
+        self.rate_messages = app[RATE_MESSAGES]
 
     async def call(self, command):
         return await rpc.call(self.broker, command, self.conn.principal, None)
@@ -104,27 +106,25 @@ def send_message(frame: SendMessageFrame, ctx: Context, data: str) -> None:
     """The hot path, without a task: the command joins the next request batch at once, and
     the reply's callback answers the client. The frame is validated; messaging validates the
     command again."""
-    wait = ctx.app[RATE_MESSAGES].take(ctx.conn.user_id)
+    wait = ctx.rate_messages.take(ctx.conn.user_id)
     if wait:
         raise ServiceError(ErrorCode.RATE_LIMITED, "too many messages", retry_after=wait)
     session_id = str(frame.session_id)
-    reply = rpc.submit_raw(ctx.broker, SendMessage.TYPE, SendMessage.VERSION, {
+    rpc.submit_raw(ctx.broker, SendMessage.TYPE, SendMessage.VERSION, {
         "session_id": session_id, "message_id": new_uuid_str(),
         "client_msg_id": frame.client_msg_id, "body": frame.body,
-    }, ctx.conn.principal, None)
-    reply.add_done_callback(partial(_message_sent, ctx, frame.ref, session_id, data))
+    }, ctx.conn.principal, None, partial(_message_sent, ctx, frame.ref, session_id, data))
 
 
 def _message_sent(ctx: Context, ref: str | None, session_id: str, data: str,
-                  reply: asyncio.Future) -> None:
-    if reply.cancelled():
-        return  # the connection went away
+                  reply: dict) -> None:
+    """The reply to a send (a closed connection sends nothing more: see Connection)."""
     try:
-        result = result_of(reply.result())
+        result = result_of(reply)
     except ServiceError as exc:
         refuse(ctx, data, ref, exc)
         return
-    ctx.app[PRESENCE].stop_typing_now(ctx.conn, session_id)
+    ctx.presence.stop_typing_now(ctx.conn, session_id)
     ctx.conn.send({"type": "ack", "ref": ref, "message": result["message"]})
 
 
@@ -242,7 +242,7 @@ def take_frame(data: str, ctx: Context) -> Coroutine[Any, Any, None] | None:
         except ValidationError as exc:
             raise ServiceError(ErrorCode.INVALID, first_error(exc)) from None
         if cls is not PingFrame:  # an app's keep-alive pings are not the user's activity
-            ctx.app[PRESENCE].touch(ctx.conn)
+            ctx.presence.touch(ctx.conn)
         immediate = IMMEDIATE_FRAME_HANDLERS.get(cls)
         if immediate is not None:
             immediate(frame, ctx, data)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from services.gateway.auth import Authenticator, mint_token
-from services.gateway.connection import Connection, SessionView
+from services.gateway.connection import Connection, SessionView, text_frame
 from services.gateway.ratelimit import PerKeyBuckets, TokenBucket
 from services.gateway.settings import GatewaySettings
 from shared.contracts.errors import ErrorCode, ServiceError
@@ -89,8 +89,22 @@ class FakeConnection(Connection):
     def send(self, frame):
         self.sent.append(frame)
 
-    def send_text(self, text):
-        self.sent.append(orjson.loads(text))
+    def send_framed(self, data):
+        self.sent.append(orjson.loads(unframe(data)))
+
+
+def unframe(data: bytes) -> bytes:
+    """The payload of one unmasked text frame (RFC 6455)."""
+    assert data[0] == 0x81
+    size = data[1]
+    start = {126: 4, 127: 10}.get(size, 2)
+    return data[start:]
+
+
+def test_frames_are_final_unmasked_text_frames_of_every_length():
+    for size in (0, 125, 126, 65535, 65536):
+        payload = b"x" * size
+        assert unframe(text_frame(payload)) == payload
 
 
 def ev(seq):
@@ -98,7 +112,7 @@ def ev(seq):
 
 
 def deliver(conn, seq):
-    conn.deliver("s", ev(seq), orjson.dumps(ev(seq)).decode())
+    conn.deliver("s", ev(seq), text_frame(orjson.dumps(ev(seq))))
 
 
 def test_join_buffers_live_events_then_sends_each_seq_once_in_order():
