@@ -27,6 +27,7 @@ from shared.topology import request_queue
 from . import projections
 from .handlers import Deps, handle_batch
 from .relay import OutboxRelay
+from .sessions import SessionCache
 from .settings import MessagingSettings
 
 log = get_logger(__name__)
@@ -49,7 +50,8 @@ async def serve(settings: MessagingSettings, stop: asyncio.Event) -> None:
                                plans="force_generic_plan")
     relay = OutboxRelay(settings.messaging_database_url, broker)
     deps = Deps(pool=pool, writer=writer, on_commit=relay.committed,
-                notify_relays=relay.needs_notify)
+                notify_relays=relay.needs_notify,
+                sessions=SessionCache(settings.messaging_session_cache))
 
     handle = retry_when(UNREACHABLE, lambda envelopes: handle_batch(envelopes, deps))
 

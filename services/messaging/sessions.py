@@ -22,8 +22,9 @@ from .domain import SessionState
 
 
 class SessionCache:
-    def __init__(self, max_size: int = 100_000):
+    def __init__(self, max_size: int = 100_000, load=store.load_sessions):
         self.max_size = max_size
+        self._load = load  # (conn, session_ids) -> {session_id: SessionState}
         self._states: OrderedDict[uuid.UUID, SessionState] = OrderedDict()
 
     def __len__(self) -> int:
@@ -45,7 +46,7 @@ class SessionCache:
                 found[session_id] = state
         if missing:
             async with pool.acquire() as conn:
-                loaded = await store.load_sessions(conn, missing)
+                loaded = await self._load(conn, missing)
             for session_id, state in loaded.items():
                 # Another batch may have read and moved it on meanwhile: keep that one.
                 found[session_id] = self._states.setdefault(session_id, state)
