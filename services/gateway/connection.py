@@ -54,16 +54,13 @@ class Connection:
         self.on_gap = on_gap
         self.ws = ws
         self.principal = principal
+        self.user_id = principal.user_id
         self.sessions: dict[str, SessionView] = {}
         self._transport = transport
         self._buffer_limit = buffer_limit
         self._out: list[bytes] = []  # frames queued in this loop iteration
         # No transport: the client left during the handshake; the read loop ends at once.
         self.closed = transport is None
-
-    @property
-    def user_id(self) -> str:
-        return self.principal.user_id
 
     def send(self, frame: dict) -> None:
         self.send_framed(text_frame(orjson.dumps(frame)))

@@ -152,7 +152,7 @@ class Hub:
                     # Presence events are never echoed to their subject (the typist).
                     exclude = payload.get("exclude_user_id")
                     for conn in tuple(members):
-                        if conn.user_id != exclude:
+                        if exclude is None or conn.user_id != exclude:
                             conn.deliver(session_id, frame, data)
                 if type_ == "participant_removed":
                     self._drop_removed(session_id, payload["user_id"])
