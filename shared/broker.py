@@ -4,14 +4,8 @@
 - ``publish`` uses publisher confirms, ``mandatory`` and a timeout; a failure is a
   ``ServiceError(unavailable)``, never a silent drop. Confirms are pipelined: concurrent publishes
   share the channel and each awaits its own confirm.
-- ``request`` is request/reply over direct reply-to. Requests for one routing key travel
-  together as one AMQP message (an array of envelopes) and are answered by one reply; each
-  caller still gets its own result or error. Coalescing adapts to the load, as Nagle's
-  algorithm does: while fewer than ``max_in_flight`` batches of that key await their reply, a
-  request leaves at the end of the current loop iteration (with whatever arrived in it);
-  otherwise it waits for a reply to come back, at most ``coalesce_window_s``. So an idle
-  system adds no delay and a busy one sends fewer, fuller messages. No reply within
-  ``rpc_timeout_s`` becomes 503 ``unavailable``.
+- ``request`` / ``submit`` are request/reply over direct reply-to, coalesced into batches as
+  Nagle's algorithm does, optionally answered from events (see ``shared.requests``).
 - ``serve`` consumes a durable queue with a prefetch limit, hands the handler every envelope that
   is waiting (up to ``max_batch``) at once, replies, and acks only after the handler returned
   (the handler commits). If a batch fails, each message is retried alone, so one poison message
@@ -23,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import aio_pika
@@ -41,7 +34,6 @@ from aio_pika.abc import (
 from . import faults
 from .contracts.envelope import Envelope, decode_batch
 from .contracts.errors import ServiceError, unavailable
-from .ids import new_hex
 from .logging import get_logger
 from .metrics import (
     BATCH_SIZE,
@@ -50,15 +42,13 @@ from .metrics import (
     BROKER_PUBLISH_FAILURES,
     BROKER_PUBLISHED,
     HANDLER_SECONDS,
-    RPC_FAILURES,
-    RPC_SECONDS,
 )
+from .requests import ANSWERED_BY_EVENTS, DIRECT_REPLY_TO, Requests
 from .settings import CommonSettings
 from .topology import COMMANDS, DEAD_LETTERS, EXCHANGES, DurableQueue
 
 log = get_logger(__name__)
 
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 JSON = "application/json"
 
 # A batch handler gets every envelope of the batch and returns one result per envelope, in
@@ -88,20 +78,14 @@ class Broker:
                  max_in_flight: int = 1):
         self.settings = settings
         self.service = service
-        self.coalesce_window_s = coalesce_window_s
-        self.max_request_batch = max_request_batch
-        self.max_in_flight = max_in_flight
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._reply_channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
-        # correlation id -> (routing key, its calls, its deadline timer) of each batch
-        # awaiting its reply
-        self._waiting: dict[str, tuple[str, list[_Call], asyncio.TimerHandle]] = {}
-        self._in_flight: dict[str, int] = defaultdict(int)  # batches awaiting a reply, by key
-        self._pending: dict[str, list[_Call]] = defaultdict(list)  # not yet sent, by key
-        self._flush_handles: dict[str, asyncio.Handle] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self.requests = Requests(self._publish_requests, rpc_timeout_s=settings.rpc_timeout_s,
+                                 coalesce_window_s=coalesce_window_s,
+                                 max_request_batch=max_request_batch,
+                                 max_in_flight=max_in_flight)
         self._closing = False
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -132,11 +116,7 @@ class Broker:
 
     async def close(self) -> None:
         self._closing = True
-        for handle in self._flush_handles.values():
-            handle.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self.requests.close(), return_exceptions=True)
         if self.connection is not None:
             await self.connection.close()
         BROKER_CONNECTED.set(0)
@@ -173,7 +153,7 @@ class Broker:
     async def publish(self, exchange: str, routing_keys: list[str], body: bytes, *,
                       message_type: str | None = None, reply_to: str | None = None,
                       correlation_id: str | None = None, persistent: bool = True,
-                      mandatory: bool = True) -> None:
+                      mandatory: bool = True, headers: dict[str, Any] | None = None) -> None:
         """Publish one AMQP message and wait for the broker's confirm.
 
         ``mandatory``: an unroutable message is an error (a command nobody consumes). Events
@@ -183,7 +163,7 @@ class Broker:
         ``routing_keys[0]`` is the routing key; the rest go in ``BCC`` so that the message
         reaches each queue bound to any of them exactly once.
         """
-        headers: dict[str, Any] = {}
+        headers = dict(headers or {})
         if len(routing_keys) > 1:
             headers["BCC"] = list(routing_keys[1:])
         message = aio_pika.Message(
@@ -219,117 +199,27 @@ class Broker:
         ``envelope`` may be an ``Envelope`` or its JSON form (a dict), which the hot paths
         build directly. No reply within ``timeout`` is 503 ``unavailable``.
         """
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.submit(envelope, partial(_settle_future, future), routing_key=routing_key,
-                    timeout=timeout)
-        return result_of(await future)
-
-    def submit(self, envelope: Envelope | dict, answer: Callable[[dict[str, Any]], None], *,
-               routing_key: str | None = None, timeout: float | None = None) -> None:
-        """``request`` without a coroutine or a future, for hot paths: ``answer(reply)`` is
-        called once, with the reply (``{"ok": true, "result": ...}`` or ``{"ok": false,
-        "error": {...}}``, a timeout included; it never raises)."""
         if isinstance(envelope, Envelope):
             envelope = envelope.model_dump(mode="json")
-        routing_key = routing_key or envelope["type"]
-        loop = asyncio.get_running_loop()
-        pending = self._pending[routing_key]
-        # The deadline is kept with the request; one timer per batch enforces them (see
-        # _expire_batch): no timer per request, which matters at thousands a second.
-        pending.append(_Call(envelope, answer,
-                             loop.time() + (timeout or self.settings.rpc_timeout_s)))
-        if len(pending) >= self.max_request_batch:
-            self._flush_now(routing_key)
-        elif routing_key not in self._flush_handles:
-            if self._in_flight[routing_key] < self.max_in_flight:
-                handle = loop.call_soon(self._flush_now, routing_key)
-            else:  # a reply coming back flushes sooner (see _batch_done)
-                handle = loop.call_later(self.coalesce_window_s, self._flush_now, routing_key)
-            self._flush_handles[routing_key] = handle
+        return await self.requests.request(envelope, routing_key or envelope["type"], timeout)
 
-    def _flush_now(self, routing_key: str) -> None:
-        handle = self._flush_handles.pop(routing_key, None)
-        if handle is not None:
-            handle.cancel()
-        batch = self._pending.pop(routing_key, [])
-        if batch:
-            self._in_flight[routing_key] += 1
-            self._spawn(self._send_requests(routing_key, batch))
+    def submit(self, envelope: Envelope | dict, answer: Callable[[dict[str, Any]], None], *,
+               routing_key: str, timeout: float | None = None,
+               event_key: str | None = None) -> None:
+        """``request`` without a coroutine or a future, for hot paths (see
+        ``Requests.submit``)."""
+        if isinstance(envelope, Envelope):
+            envelope = envelope.model_dump(mode="json")
+        self.requests.submit(envelope, answer, routing_key, timeout, event_key)
 
-    def _batch_done(self, correlation_id: str) -> list[_Call] | None:
-        """A batch was answered, failed to publish or was given up on: its slot frees, and
-        requests held for it leave now. Returns its calls (None: already done)."""
-        entry = self._waiting.pop(correlation_id, None)
-        if entry is None:
-            return None
-        routing_key, calls, timer = entry
-        timer.cancel()
-        self._in_flight[routing_key] -= 1
-        if self._pending.get(routing_key):
-            self._flush_now(routing_key)
-        return calls
-
-    def _expire_batch(self, correlation_id: str, routing_key: str) -> None:
-        """At the earliest deadline of a batch: its callers whose deadline passed get 503
-        ``unavailable``. The batch is forgotten (its slot freed) once every caller is done."""
-        entry = self._waiting.get(correlation_id)
-        if entry is None:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        later = []
-        for call in entry[1]:
-            if call.answer is None:
-                continue
-            if call.deadline <= now:
-                RPC_FAILURES.labels(routing_key, "timeout").inc()
-                error = unavailable(f"no answer from {routing_key.split('.')[0]} in time")
-                call.answered({"ok": False, "error": error.to_dict()}, routing_key)
-            else:
-                later.append(call.deadline)
-        if later:
-            timer = loop.call_at(min(later), self._expire_batch, correlation_id, routing_key)
-            self._waiting[correlation_id] = (entry[0], entry[1], timer)
-        else:
-            self._batch_done(correlation_id)
-
-    async def _send_requests(self, routing_key: str, calls: list[_Call]) -> None:
-        correlation_id = new_hex()
-        timer = asyncio.get_running_loop().call_at(
-            min(call.deadline for call in calls), self._expire_batch, correlation_id,
-            routing_key)
-        self._waiting[correlation_id] = (routing_key, calls, timer)
-        try:
-            body = orjson.dumps([call.envelope for call in calls])
-            await self.publish(COMMANDS, [routing_key], body, message_type=routing_key,
-                               reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
-                               persistent=False)
-        except ServiceError as exc:
-            self._batch_done(correlation_id)
-            RPC_FAILURES.labels(routing_key, "publish").inc()
-            for call in calls:
-                if call.answer is not None:
-                    call.answered({"ok": False, "error": exc.to_dict()}, routing_key)
+    async def _publish_requests(self, routing_key: str, body: bytes, correlation_id: str,
+                                headers: dict | None) -> None:
+        await self.publish(COMMANDS, [routing_key], body, message_type=routing_key,
+                           reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
+                           persistent=False, headers=headers)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        correlation_id = message.correlation_id or ""
-        routing_key = (self._waiting.get(correlation_id) or ("",))[0]
-        calls = self._batch_done(correlation_id)
-        if calls is None:
-            return  # the callers gave up (timeout) or it is not ours
-        try:
-            results = orjson.loads(message.body)
-        except orjson.JSONDecodeError:
-            log.error("bad_reply_body", correlation_id=message.correlation_id)
-            results = []
-        for index, call in enumerate(calls):
-            if call.answer is None:
-                continue
-            if index < len(results):
-                call.answered(results[index], routing_key)
-            else:
-                call.answered({"ok": False, "error": unavailable("malformed reply").to_dict()},
-                              routing_key)
+        self.requests.on_reply(message.correlation_id or "", message.body)
 
     # ---- consuming ------------------------------------------------------------------------
 
@@ -357,8 +247,15 @@ class Broker:
         await queue.consume(callback, no_ack=True)
 
     async def reply(self, message: AbstractIncomingMessage, results: list[dict[str, Any]]) -> None:
+        """Answer a request batch. If its caller answers from events (``x-answered-by-events``),
+        the results the handler ``announced`` in an event are left out (null), and nothing is
+        sent when that is all of them."""
         if not message.reply_to:
             return
+        if (message.headers or {}).get(ANSWERED_BY_EVENTS):
+            results = [None if r.get("announced") else r for r in results]
+            if all(r is None for r in results):
+                return
         try:
             await self._reply_channel.default_exchange.publish(
                 aio_pika.Message(orjson.dumps(results), content_type=JSON,
@@ -372,47 +269,6 @@ class Broker:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def result_of(reply: dict[str, Any]) -> Any:
-    """A reply's result; its error raised as ServiceError."""
-    if reply.get("ok"):
-        return reply.get("result")
-    raise ServiceError.from_dict(reply["error"])
-
-
-class _Call:
-    """One request of a batch: its envelope, who gets the answer (None once answered), by
-    when, and since when (the round trip each caller saw is observed)."""
-
-    __slots__ = ("envelope", "answer", "deadline", "started")
-
-    def __init__(self, envelope: dict, answer: Callable[[dict[str, Any]], None],
-                 deadline: float):
-        self.envelope = envelope
-        self.answer: Callable[[dict[str, Any]], None] | None = answer
-        self.deadline = deadline
-        self.started = time.perf_counter()
-
-    def answered(self, reply: dict[str, Any], routing_key: str) -> None:
-        answer, self.answer = self.answer, None
-        _rpc_seconds(routing_key).observe(time.perf_counter() - self.started)
-        answer(reply)
-
-
-def _settle_future(future: asyncio.Future, reply: dict[str, Any]) -> None:
-    if not future.done():  # the caller may have given up (cancelled)
-        future.set_result(reply)
-
-
-_RPC_SECONDS_BY_KEY: dict = {}
-
-
-def _rpc_seconds(routing_key: str):
-    child = _RPC_SECONDS_BY_KEY.get(routing_key)
-    if child is None:
-        child = _RPC_SECONDS_BY_KEY[routing_key] = RPC_SECONDS.labels(routing_key)
-    return child
 
 
 class Consumer:

@@ -126,6 +126,10 @@ class Hub:
         except Exception as exc:  # events for it are ignored anyway
             log.warning("unbind_failed", routing_key=key, error=repr(exc))
 
+    def receives(self, session_id: str) -> bool:
+        """Whether this instance's queue is bound to the session's events."""
+        return session_id in self._bound
+
     def _lock(self, session_id: str) -> asyncio.Lock:
         lock = self._locks.get(session_id)
         if lock is None:
@@ -156,6 +160,11 @@ class Hub:
                             conn.deliver(session_id, frame, data)
                 if type_ == "participant_removed":
                     self._drop_removed(session_id, payload["user_id"])
+            if type_ == "message_sent":
+                # A send of ours awaiting this event is answered by it (shared.requests).
+                message = payload["message"]
+                self.broker.requests.answer_from_event(message["id"],
+                                                       {"message": message, "created": True})
             recipients = envelope.get("recipients")
             if recipients:
                 self._deliver_to_users(type_, payload, session_id, recipients)

@@ -19,7 +19,6 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
-from shared.broker import result_of
 from shared.contracts.commands import GetEvents, JoinSession, MarkReceipt, SendMessage
 from shared.contracts.errors import ErrorCode, ServiceError, unavailable
 from shared.contracts.frames import (
@@ -35,6 +34,7 @@ from shared.contracts.frames import (
 from shared.contracts.registry import CLIENT_FRAMES_BY_TYPE, first_error
 from shared.ids import new_uuid_str
 from shared.logging import get_logger
+from shared.requests import result_of
 
 from . import audit_events, rpc
 from .appkeys import AUTH, BROKER, HUB, RATE_MESSAGES, SETTINGS
@@ -110,10 +110,14 @@ def send_message(frame: SendMessageFrame, ctx: Context, data: str) -> None:
     if wait:
         raise ServiceError(ErrorCode.RATE_LIMITED, "too many messages", retry_after=wait)
     session_id = str(frame.session_id)
+    message_id = new_uuid_str()
+    # Bound to the session's events, this gateway answers from the message's own event (the
+    # sender's ack then leaves with its new_message, in one write); else from the reply.
     rpc.submit_raw(ctx.broker, SendMessage.TYPE, SendMessage.VERSION, {
-        "session_id": session_id, "message_id": new_uuid_str(),
+        "session_id": session_id, "message_id": message_id,
         "client_msg_id": frame.client_msg_id, "body": frame.body,
-    }, ctx.conn.principal, None, partial(_message_sent, ctx, frame.ref, session_id, data))
+    }, ctx.conn.principal, None, partial(_message_sent, ctx, frame.ref, session_id, data),
+        event_key=message_id if ctx.hub.receives(session_id) else None)
 
 
 def _message_sent(ctx: Context, ref: str | None, session_id: str, data: str,

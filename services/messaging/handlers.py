@@ -324,7 +324,11 @@ def _reply(envelope: Envelope, result) -> dict:
                      actor=envelope.actor.user_id if envelope.actor else None)
         return failed(result)
     ENVELOPES_HANDLED.labels(envelope.type, "ok").inc()
-    return ok(result)
+    reply = ok(result)
+    if isinstance(result, dict) and result.get("created"):
+        # Announced: the message_sent event answers a caller that waits for it instead.
+        reply["announced"] = True
+    return reply
 
 
 # ---- cursors ---------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ A body is always a JSON array: batching several envelopes into one AMQP message 
 hop keeps its broker message count low. Each envelope keeps its own id, actor and correlation id,
 so batching never merges two requests. A reply to a request batch is an array of the same length
 and order: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"code", "message", ...}}``.
+A result the service completed with an event says so (``"announced": true``); in the reply to a
+batch marked ``x-answered-by-events`` such a result is ``null`` (the caller answers it from the
+event), and a batch with only such results gets no reply (see ``shared.requests``).
 """
 
 from __future__ import annotations

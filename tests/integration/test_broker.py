@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 
 import orjson
 import pytest
@@ -162,3 +163,62 @@ def test_request_queues_are_classic_or_quorum_as_configured():
     assert request_queue("x", "quorum").arguments(5)["x-delivery-limit"] == 5
     with pytest.raises(ValueError):
         request_queue("x", "stream")
+
+
+async def test_requests_answered_by_events_get_the_event_or_the_reply_or_a_timeout(
+        broker: Broker):
+    """A caller that will see the event completing its request submits it with an event key:
+    the service leaves what it announced out of the reply (and sends no reply when that is
+    all), the caller answers those from the events, and the rest comes in the reply."""
+    service = unique_service()
+    replies = {"sent": 0}
+
+    async def handler(envelopes):
+        results = []
+        for e in envelopes:
+            n = e.payload["n"]
+            results.append(failed(ServiceError(ErrorCode.CONFLICT, "odd")) if n % 2
+                           else {**ok({"n": n}), "announced": True})
+        return results
+
+    real_reply = broker.reply
+
+    async def counting_reply(message, results):
+        replies["sent"] += 1
+        await real_reply(message, results)
+
+    consumer = await broker.serve(command_queue(service), handler)
+    broker.reply = counting_reply
+    try:
+        answers: dict[int, dict] = {}
+        done = asyncio.Event()
+
+        def answer(n, reply):
+            answers[n] = reply
+            if len(answers) == 4:
+                done.set()
+
+        for n in range(4):
+            broker.submit(new_envelope(f"{service}.work", 1, {"n": n}), partial(answer, n),
+                          routing_key=f"{service}.work", timeout=1.0, event_key=f"k{n}")
+        async with asyncio.timeout(10):
+            while not (1 in answers and 3 in answers):  # the errors come in the reply
+                await asyncio.sleep(0.01)
+        assert answers[1]["error"]["code"] == "conflict" and 0 not in answers
+        broker.requests.answer_from_event("k0", {"n": 0})  # the event of request 0 arrives
+        async with asyncio.timeout(10):
+            await done.wait()  # request 2's event never comes: it times out
+        assert answers[0] == {"ok": True, "result": {"n": 0}}
+        assert answers[2]["error"]["code"] == "unavailable"
+        # A batch whose every result was announced gets no reply at all.
+        sent = replies["sent"]
+        broker.submit(new_envelope(f"{service}.work", 1, {"n": 10}), partial(answer, 10),
+                      routing_key=f"{service}.work", event_key="k10")
+        async with asyncio.timeout(10):
+            while replies["sent"] == sent:
+                await asyncio.sleep(0.01)
+        broker.requests.answer_from_event("k10", {"n": 10})
+        assert answers[10] == {"ok": True, "result": {"n": 10}}
+    finally:
+        broker.reply = real_reply
+        await consumer.stop(1)
