@@ -1,10 +1,11 @@
 """Fan-out: which connections of this gateway see which session's events.
 
-This instance has one exclusive queue, ``gateway.<instance>``. It is bound to
-``session.<id>.#`` while at least one of its connections has joined that session, and to
-``user.<id>.#`` while that user has a connection here. An AMQP message is a batch of event
-envelopes (possibly of many sessions); each event is turned into its frame once and queued on
-every joined connection.
+This instance has one exclusive queue, ``gateway.<instance>``. It is bound to the shard key
+of a session (``shared.topology.session_binding``) while at least one of its connections has
+joined a session of that shard, and to a user's shard key while a user of that shard has a
+connection here; events of sessions and users it does not serve are dropped by their ids.
+An AMQP message is a batch of event envelopes (possibly of many sessions); each event is turned
+into its frame once and queued on every joined connection.
 
 User-level delivery: an envelope may name ``recipients`` (user ids). Their connections that
 have *not* joined the event's session get the event's user-level frame: a ``notification`` for
@@ -47,7 +48,8 @@ class Hub:
         self.connections: set[Connection] = set()
         self.joined: dict[str, set[Connection]] = defaultdict(set)
         self.users: dict[str, set[Connection]] = defaultdict(set)
-        self._bound: set[str] = set()
+        self._bound: set[str] = set()  # binding keys bound now
+        self._needed: dict[str, int] = {}  # binding key -> sessions and users here needing it
         self._locks: dict[str, asyncio.Lock] = {}
         self.fetch_events: FetchEvents | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -68,51 +70,75 @@ class Hub:
     async def add(self, conn: Connection) -> None:
         """Register a connection; returns once its user's events are routed here."""
         self.connections.add(conn)
+        if not self.users[conn.user_id]:
+            self._count(user_binding(conn.user_id), +1)
         self.users[conn.user_id].add(conn)
-        key = user_binding(conn.user_id)
-        async with self._lock(key):
-            if key not in self._bound:
-                await self._bind(key)
-                self._bound.add(key)
+        await self._sync(user_binding(conn.user_id))
 
     async def remove(self, conn: Connection) -> None:
         self.connections.discard(conn)
         for session_id in list(conn.sessions):
             await self.leave(conn, session_id)
         members = self.users.get(conn.user_id)
-        if members is not None:
+        if members is not None and conn in members:
             members.discard(conn)
-        key = user_binding(conn.user_id)
-        async with self._lock(key):
-            if not self.users.get(conn.user_id) and key in self._bound:
-                self.users.pop(conn.user_id, None)
-                self._bound.discard(key)
-                await self._unbind(key)
-            if key not in self._bound:
-                self._locks.pop(key, None)
+            if not members:
+                del self.users[conn.user_id]
+                self._count(user_binding(conn.user_id), -1)
+            await self._sync(user_binding(conn.user_id))
 
     async def join(self, conn: Connection, session_id: str) -> None:
         """Register the connection (its view starts in backlog mode) and make sure the queue
         is bound before the caller fetches the backlog, so nothing falls between the two."""
         conn.sessions[session_id] = conn.sessions.get(session_id) or SessionView()
+        if not self.joined[session_id]:
+            self._count(session_binding(session_id), +1)
         self.joined[session_id].add(conn)
-        async with self._lock(session_id):
-            if session_id not in self._bound:
-                await self._bind(session_binding(session_id))
-                self._bound.add(session_id)
+        try:
+            await self._sync(session_binding(session_id))
+        except BaseException:
+            await self.leave(conn, session_id)
+            raise
 
     async def leave(self, conn: Connection, session_id: str) -> None:
         conn.sessions.pop(session_id, None)
         members = self.joined.get(session_id)
-        if members is not None:
+        if members is not None and conn in members:
             members.discard(conn)
-        async with self._lock(session_id):
-            if not self.joined.get(session_id) and session_id in self._bound:
-                self.joined.pop(session_id, None)
-                self._bound.discard(session_id)
-                await self._unbind(session_binding(session_id))
-            if session_id not in self._bound:
-                self._locks.pop(session_id, None)
+            if not members:
+                del self.joined[session_id]
+                self._count(session_binding(session_id), -1)
+            await self._sync(session_binding(session_id))
+
+    def receives(self, session_id: str) -> bool:
+        """Whether this instance's queue is bound to the session's events."""
+        return session_binding(session_id) in self._bound
+
+    # ---- bindings: one per shard key, bound while a session or user here needs it --------
+
+    def _count(self, key: str, change: int) -> None:
+        """Sessions joined here and users connected here that need ``key`` (kept in step
+        with ``joined`` and ``users``, before any await)."""
+        needed = self._needed.get(key, 0) + change
+        if needed:
+            self._needed[key] = needed
+        else:
+            self._needed.pop(key, None)
+
+    async def _sync(self, key: str) -> None:
+        """Bind or unbind ``key`` as it is needed now; returns once a needed key is bound."""
+        async with self._lock(key):
+            if self._needed.get(key):
+                if key not in self._bound:
+                    await self._bind(key)
+                    self._bound.add(key)
+            elif key in self._bound:
+                self._bound.discard(key)
+                await self._unbind(key)
+        if not self._needed.get(key) and key not in self._bound:
+            lock = self._locks.get(key)
+            if lock is not None and not lock.locked():
+                del self._locks[key]
 
     async def _bind(self, key: str) -> None:
         try:
@@ -126,14 +152,10 @@ class Hub:
         except Exception as exc:  # events for it are ignored anyway
             log.warning("unbind_failed", routing_key=key, error=repr(exc))
 
-    def receives(self, session_id: str) -> bool:
-        """Whether this instance's queue is bound to the session's events."""
-        return session_id in self._bound
-
-    def _lock(self, session_id: str) -> asyncio.Lock:
-        lock = self._locks.get(session_id)
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
         if lock is None:
-            lock = self._locks[session_id] = asyncio.Lock()
+            lock = self._locks[key] = asyncio.Lock()
         return lock
 
     # ---- events in ------------------------------------------------------------------------

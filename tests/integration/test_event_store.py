@@ -78,6 +78,9 @@ async def test_concurrent_writers_never_collide_and_leave_no_gaps(deps, messagin
     writes that lose the race are refused and redone under the lock, and nothing collides."""
     sid = await new_session(deps, "alice", "bob")
     replicas = [deps, Deps(pool=messaging_pool)]
+    # Each replica knows the session, the first one a seq behind: its next write is refused.
+    for replica in replicas:
+        await handle_batch([send(sid, "alice", "warm-up")], replica)
     batches = [[send(sid, "alice" if i % 2 else "bob", f"{w}-{i}") for i in range(20)]
                for w in range(8)]
     refused = REGISTRY.get_sample_value("chat_optimistic_writes_total",
@@ -93,8 +96,8 @@ async def test_concurrent_writers_never_collide_and_leave_no_gaps(deps, messagin
         versions = [r["version"] for r in await conn.fetch(
             "SELECT version FROM events WHERE stream_id = $1 ORDER BY position",
             uuid.UUID(sid))]
-    assert seqs == list(range(1, 161))
-    assert versions == list(range(0, 161))  # position order is seq order
+    assert seqs == list(range(1, 163))
+    assert versions == list(range(0, 163))  # position order is seq order
 
 
 def refused() -> float:
