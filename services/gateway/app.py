@@ -15,7 +15,7 @@ from shared.logging import configure_logging, get_logger
 from shared.ops import add_ops_routes
 from shared.settings import load_settings
 
-from . import api, api_audit, api_media, audit_events, presence, ws
+from . import api, api_audit, api_media, audit_events, heartbeat, presence, ws
 from .appkeys import AUTH, BROKER, HUB, RATE_MESSAGES, SETTINGS
 from .auth import Authenticator, mint_token
 from .errors import errors_middleware
@@ -50,6 +50,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[AUTH] = Authenticator(settings)
     app[RATE_MESSAGES] = PerKeyBuckets(settings.rate_messages_per_s, settings.rate_messages_burst)
     app.cleanup_ctx.append(_broker_ctx)
+    app.cleanup_ctx.append(heartbeat.heartbeat_ctx)  # after the broker's: needs the hub
     app.cleanup_ctx.append(presence.presence_ctx)  # after the broker's: closes before it
     app.cleanup_ctx.append(audit_events.facts_ctx)  # after the broker's: flushed before it closes
     app.cleanup_ctx.append(api_media.media_ctx)

@@ -36,6 +36,14 @@ class SessionView:
     pending: list[dict] | None = field(default_factory=list)
 
 
+PING_FRAME = bytes((0x89, 0))  # a final ping with no payload
+
+
+def pong_frame(payload: bytes) -> bytes:
+    """The answer to a client's ping: a pong echoing its payload (at most 125 bytes)."""
+    return bytes((0x8A, len(payload))) + payload
+
+
 def text_frame(payload: bytes) -> bytes:
     """A final, unmasked text frame (server to client) carrying ``payload``."""
     size = len(payload)
@@ -61,6 +69,9 @@ class Connection:
         self._out: list[bytes] = []  # frames queued in this loop iteration
         # No transport: the client left during the handshake; the read loop ends at once.
         self.closed = transport is None
+        # Keep-alive (see heartbeat.py): a frame came since the last look; a ping is owed.
+        self.heard = True
+        self.pinged = False
 
     def send(self, frame: dict) -> None:
         self.send_framed(text_frame(orjson.dumps(frame)))

@@ -38,7 +38,7 @@ from shared.requests import result_of
 
 from . import audit_events, rpc
 from .appkeys import AUTH, BROKER, HUB, RATE_MESSAGES, SETTINGS
-from .connection import Connection
+from .connection import Connection, pong_frame
 from .hub import Hub
 from .presence import PRESENCE
 from .ratelimit import TokenBucket
@@ -171,7 +171,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not app[BROKER].is_connected:  # no live subscriptions possible: say so before upgrading
         raise unavailable("message broker unavailable")
 
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s,
+    # Pings are ours (heartbeat.py: one timer for every connection), and so are pongs.
+    ws = web.WebSocketResponse(heartbeat=None, autoping=False,
                                max_msg_size=settings.ws_max_frame_bytes, compress=False)
     await ws.prepare(request)
     hub: Hub = app[HUB]
@@ -195,8 +196,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     conn.send({"type": "hello", "user_id": conn.user_id, "connection_id": conn.id})
     try:
         async for msg in ws:
+            conn.heard = True
             if msg.type != WSMsgType.TEXT:
-                if msg.type == WSMsgType.BINARY:
+                if msg.type == WSMsgType.PING:
+                    conn.send_framed(pong_frame(msg.data))
+                elif msg.type == WSMsgType.BINARY:
                     conn.send(error_frame(None, "bad_request", "frames must be JSON text"))
                 continue
             if frames.take():

@@ -10,6 +10,7 @@ import pytest
 
 from services.gateway.auth import Authenticator, mint_token
 from services.gateway.connection import Connection, SessionView, text_frame
+from services.gateway.heartbeat import Action, next_action
 from services.gateway.ratelimit import PerKeyBuckets, TokenBucket
 from services.gateway.settings import GatewaySettings
 from shared.contracts.errors import ErrorCode, ServiceError
@@ -136,3 +137,10 @@ def test_a_gap_in_live_events_asks_for_a_catch_up():
     conn.send_backlog("s", [ev(3), ev(4)])
     conn.go_live("s")
     assert [f["seq"] for f in conn.sent] == [2, 3, 4]
+
+
+def test_keep_alive_pings_a_silent_connection_then_cuts_it_off():
+    assert next_action(heard=True, pinged=False) is Action.NONE
+    assert next_action(heard=True, pinged=True) is Action.NONE  # it answered
+    assert next_action(heard=False, pinged=False) is Action.PING
+    assert next_action(heard=False, pinged=True) is Action.CLOSE
