@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 import orjson
 from aio_pika.abc import (
     AbstractChannel,
@@ -135,8 +136,17 @@ class Broker:
         dlq = await channel.declare_queue(spec.dead_letter_queue, durable=True,
                                           arguments={"x-queue-type": "quorum"})
         await dlq.bind(dlx, spec.name)
-        queue = await channel.declare_queue(
-            spec.name, durable=True, arguments=spec.arguments(self.settings.delivery_limit))
+        try:
+            queue = await channel.declare_queue(
+                spec.name, durable=True, arguments=spec.arguments(self.settings.delivery_limit))
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            # Declared before with other arguments (another type, from an older version or
+            # another CHAT_REQUEST_QUEUE_TYPE): RabbitMQ keeps a queue's type for its life.
+            log.error("queue_declared_differently", queue=spec.name,
+                      wanted=spec.arguments(self.settings.delivery_limit),
+                      fix=f"rabbitmqctl delete_queue {spec.name} (a request queue holds only "
+                          "requests whose callers have given up), then start again")
+            raise
         exchange = await channel.get_exchange(spec.exchange, ensure=False)
         for key in spec.bindings:
             await queue.bind(exchange, key)

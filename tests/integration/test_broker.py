@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from functools import partial
 
+import aiormq
 import orjson
 import pytest
 
@@ -222,3 +223,17 @@ async def test_requests_answered_by_events_get_the_event_or_the_reply_or_a_timeo
     finally:
         broker.reply = real_reply
         await consumer.stop(1)
+
+
+async def test_a_queue_declared_before_with_another_type_is_refused(broker: Broker):
+    """RabbitMQ keeps a queue's type: switching CHAT_REQUEST_QUEUE_TYPE needs the queue
+    deleted first, and the service says so instead of starting half-way."""
+    service = unique_service()
+
+    async def handler(envelopes):
+        return [ok(None) for _ in envelopes]
+
+    consumer = await broker.serve(command_queue(service), handler)  # quorum
+    await consumer.stop(1)
+    with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+        await broker.serve(request_queue(service, "classic"), handler)
