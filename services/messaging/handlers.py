@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -312,18 +313,22 @@ async def handle_batch(envelopes: list[Envelope], deps: Deps) -> list[dict]:
         answers = await asyncio.gather(*(run_read(h, q, e, deps) for _, h, q, e in reads))
         for (index, *_), answer in zip(reads, answers, strict=True):
             results[index] = answer
-    return [_reply(envelopes[i], r) for i, r in enumerate(results)]
+    outcomes: Counter[tuple[str, str]] = Counter()
+    replies = [_reply(envelopes[i], r, outcomes) for i, r in enumerate(results)]
+    for (type_, outcome), count in outcomes.items():  # once per batch, not per command
+        ENVELOPES_HANDLED.labels(type_, outcome).inc(count)
+    return replies
 
 
-def _reply(envelope: Envelope, result) -> dict:
+def _reply(envelope: Envelope, result, outcomes: Counter) -> dict:
     if isinstance(result, ServiceError):
-        ENVELOPES_HANDLED.labels(envelope.type, result.code.value).inc()
+        outcomes[(envelope.type, result.code.value)] += 1
         if result.code not in (ErrorCode.NOT_FOUND,):
             log.info("command_refused", type=envelope.type, code=result.code.value,
                      reason=result.message, correlation_id=envelope.correlation_id,
                      actor=envelope.actor.user_id if envelope.actor else None)
         return failed(result)
-    ENVELOPES_HANDLED.labels(envelope.type, "ok").inc()
+    outcomes[(envelope.type, "ok")] += 1
     reply = ok(result)
     if isinstance(result, dict) and result.get("created"):
         # Announced: the message_sent event answers a caller that waits for it instead.
