@@ -34,9 +34,9 @@ class CommonSettings(BaseSettings):
     publish_timeout_s: float = Field(default=5.0, gt=0, le=120)
     # How many times a consumer tries a message before it goes to the dead-letter queue.
     delivery_limit: int = Field(default=5, ge=1, le=100)
-    # Type of the queues that only hold requests (see shared.topology): classic on one node,
-    # quorum where the queue must survive the loss of a broker node.
-    request_queue_type: str = Field(default="classic", pattern="^(classic|quorum)$")
+    # Type of the queues that only hold requests (see shared.topology): quorum, as every
+    # command queue; classic saves broker CPU where a single broker node is all there is.
+    request_queue_type: str = Field(default="quorum", pattern="^(classic|quorum)$")
     # Grace period for in-flight work on SIGTERM.
     shutdown_grace_s: float = Field(default=10.0, ge=0, le=300)
 

@@ -3,13 +3,12 @@
 Exchanges (all durable topics):
 
 - ``chat.commands``: routing key ``<service>.<command>``; each service consumes its commands from
-  the durable queue ``<service>.commands`` (bound to ``<service>.*``). A queue of commands that
-  may come without anybody waiting for them (presence's updates) is a quorum queue. A queue that
-  only ever holds requests (a caller waits for each answer, and retries idempotently when none
-  comes in time) is a classic queue by default (``CHAT_REQUEST_QUEUE_TYPE``): replicating a
-  request that lives for a few milliseconds buys nothing on one node and costs the broker
-  about twice the CPU per message; in a cluster, ``quorum`` keeps the queue through the loss
-  of a node.
+  the durable queue ``<service>.commands`` (bound to ``<service>.*``), a quorum queue, so a
+  command survives the loss of a broker node in a cluster. A queue that only ever holds
+  requests (a caller waits for each answer, and retries idempotently when none comes in time)
+  may be a classic queue instead (``CHAT_REQUEST_QUEUE_TYPE=classic``): on a single broker
+  node replication buys nothing, and a classic queue costs the broker about a third less CPU
+  per message.
 - ``chat.events``: routing key ``<aggregate>.<shard>.<event>`` (``session.17.message_sent``,
   ``user.5.presence_changed``), where the shard is one of ``ROUTING_SHARDS`` that session and
   user ids are hashed into. Each subscribing service has its own durable quorum queue
