@@ -149,25 +149,36 @@ async def write_messages(batch: list[Write], results: list, deps: Deps) -> None:
 async def write_under_lock(batch: list[Write], results: list, deps: Deps) -> None:
     """All writes of a batch in one transaction that holds the append lock from its start.
     Each command type's group is decided, appended and projected before the next group runs.
+
+    A command the inbox holds was handled before (the broker redelivers a command whose
+    handler committed but was not acked): it gets its first answer again and changes nothing.
     """
     now = deps.clock()
     appended: list[store.NewEvent] = []
     before = None  # the position the batch's events follow
     notify = deps.notify_relays()
-    # The inbox travels with the first group's append (one statement for both).
-    inbox = [(w.envelope.message_id, w.envelope.type) for w in batch]
     try:
         async with store.append_transaction(deps.pool) as conn:
+            handled = await store.inbox_answers(conn, [w.envelope.message_id for w in batch])
+            todo = []
+            for w in batch:
+                if w.envelope.message_id in handled:
+                    results[w.index] = replayed(handled[w.envelope.message_id], w)
+                else:
+                    todo.append(w)
             for handler in dict.fromkeys(WRITE_HANDLERS.values()):
-                group = [w for w in batch if WRITE_HANDLERS[type(w.command)] is handler]
+                group = [w for w in todo if WRITE_HANDLERS[type(w.command)] is handler]
                 if group:
                     events = await handler(conn, group, results, now)
-                    after = await store.append_events(conn, events, inbox, notify=notify)
+                    after = await store.append_events(conn, events, notify=notify)
                     if before is None:
                         before = after
-                    inbox = []
                     await projections.apply(conn, events)
                     appended += events
+            await store.record_inbox(conn, [
+                (w.envelope.message_id, w.envelope.type, inbox_answer(results[w.index]))
+                for w in todo if type(w.command) not in NO_INBOX
+                and not isinstance(results[w.index], ServiceError)])
             # Session answers are read inside the transaction so they include this batch.
             for i, result in enumerate(results):
                 if isinstance(result, tuple) and result[0] == "session":
@@ -179,6 +190,25 @@ async def write_under_lock(batch: list[Write], results: list, deps: Deps) -> Non
                              {getattr(w.command, "session_id", None) for w in batch})
     if appended:
         deps.on_commit(before, appended)
+
+
+# Messages have no inbox rows: they are idempotent by their client_msg_id, and an answer kept
+# in the inbox would hold their text, which deleting a message must erase everywhere.
+NO_INBOX = (SendMessage, SendAttachmentMessage)
+
+
+def inbox_answer(result) -> dict:
+    """A command's answer as the inbox keeps it: a session is kept by its id (its view, read
+    again when the answer is given again, holds the last message)."""
+    if isinstance(result, tuple):
+        return {"session_view": str(result[1])}
+    return result
+
+
+def replayed(answer: dict, w: Write):
+    if set(answer) == {"session_view"}:
+        return ("session", uuid.UUID(answer["session_view"]), w.envelope.actor)
+    return answer
 
 
 # ---- reads -----------------------------------------------------------------------------------

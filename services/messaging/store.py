@@ -10,7 +10,7 @@ Invariants:
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import NamedTuple
@@ -93,13 +93,11 @@ class Projection(NamedTuple):
     requires: str | None = None
 
 
-async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
-                        inbox: Sequence[tuple[uuid.UUID, str]] = (), *,
+async def append_events(conn: asyncpg.Connection, events: list[NewEvent], *,
                         notify: bool = True, lock: bool = False,
                         also: Callable[[int], Projection] | None = None) -> int | None:
-    """Append in one statement, which also records ``inbox`` (the commands handled) and, with
-    ``notify``, wakes the relays (``events_appended``); a duplicate (stream, version) raises
-    UniqueViolationError.
+    """Append in one statement, which, with ``notify``, also wakes the relays
+    (``events_appended``); a duplicate (stream, version) raises UniqueViolationError.
 
     ``lock``: the statement takes ``APPEND_LOCK`` itself, before any position is drawn (for a
     statement that is its own transaction; otherwise the transaction holds it already).
@@ -112,7 +110,6 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
     the first (which, the appends being serial, is the last event appended before them unless
     a transaction that drew it rolled back); None when there were no events."""
     if not events:
-        await record_inbox(conn, inbox)
         return None
     params = [
         [e.event_id for e in events], [e.stream_id for e in events],
@@ -124,7 +121,7 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
         [e.occurred_at for e in events],
         # User ids hold no spaces, so a space-joined string carries the list through unnest.
         [" ".join(e.recipients) if e.recipients is not None else None for e in events],
-        [i[0] for i in inbox], [i[1] for i in inbox], notify,
+        notify,
     ]
     projection = also(len(params) + 1) if also else Projection("", [])
     refusal = (f"CASE WHEN NOT ({projection.requires}) THEN "
@@ -145,12 +142,9 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
                          $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
                          $11::timestamptz[], $12::text[])
                   AS u(e, s, v, t, sv, p, ai, ar, co, ca, o, r){serial}
-             RETURNING event_id, position, stream_id, version, type, payload, occurred_at),
-           handled AS (
-             INSERT INTO inbox (message_id, type)
-             SELECT m, t FROM unnest($13::uuid[], $14::text[]) AS i(m, t){serial}
-             ON CONFLICT DO NOTHING){", " + projection.ctes if projection.ctes else ""}
-           SELECT {refusal}CASE WHEN $15 THEN pg_notify('events_appended', '') END,
+             RETURNING event_id, position, stream_id, version, type, payload, occurred_at)
+           {", " + projection.ctes if projection.ctes else ""}
+           SELECT {refusal}CASE WHEN $13 THEN pg_notify('events_appended', '') END,
                   (SELECT array_agg(event_id ORDER BY position) FROM appended) AS ids,
                   (SELECT array_agg(position ORDER BY position) FROM appended) AS positions""",
         *params, *projection.params)
@@ -160,14 +154,24 @@ async def append_events(conn: asyncpg.Connection, events: list[NewEvent],
     return row["positions"][0] - 1
 
 
-async def record_inbox(conn: asyncpg.Connection, items: Iterable[tuple[uuid.UUID, str]]) -> None:
-    """Commands handled (append_events records them along with events, when there are)."""
+async def inbox_answers(conn: asyncpg.Connection, message_ids: list[uuid.UUID]
+                        ) -> dict[uuid.UUID, dict]:
+    """The answers of the commands among ``message_ids`` that were handled already."""
+    rows = await conn.fetch("SELECT message_id, answer FROM inbox WHERE message_id = ANY($1)",
+                            message_ids)
+    return {r["message_id"]: r["answer"] for r in rows}
+
+
+async def record_inbox(conn: asyncpg.Connection,
+                       items: Iterable[tuple[uuid.UUID, str, dict]]) -> None:
+    """Commands handled, with their answers (``message_id, type, answer``)."""
     items = list(items)
     if items:
         await conn.execute(
-            """INSERT INTO inbox (message_id, type)
-               SELECT * FROM unnest($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING""",
-            [i[0] for i in items], [i[1] for i in items])
+            """INSERT INTO inbox (message_id, type, answer)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[])
+               ON CONFLICT DO NOTHING""",
+            [i[0] for i in items], [i[1] for i in items], [i[2] for i in items])
 
 
 # ---- session state ---------------------------------------------------------------------------

@@ -11,7 +11,13 @@ from prometheus_client import REGISTRY
 
 from services.messaging.handlers import Deps, handle_batch
 from services.messaging.relay import OutboxRelay
-from shared.contracts.commands import CreateSession, RemoveParticipant, SendMessage
+from shared.contracts.commands import (
+    AddParticipant,
+    CreateSession,
+    MarkReceipt,
+    RemoveParticipant,
+    SendMessage,
+)
 from shared.contracts.envelope import Actor, new_envelope
 from shared.topology import EVENTS, session_binding
 
@@ -98,6 +104,41 @@ async def test_concurrent_writers_never_collide_and_leave_no_gaps(deps, messagin
             uuid.UUID(sid))]
     assert seqs == list(range(1, 163))
     assert versions == list(range(0, 163))  # position order is seq order
+
+
+
+async def test_a_redelivered_command_gets_its_first_answer_and_changes_nothing(
+        deps, messaging_pool):
+    """The broker redelivers a command whose handler committed but died before its ack: the
+    inbox answers it as the first time (not 409 "already a participant" or 404; a session
+    answer shows the session as it is now), and no second event is appended. The inbox keeps
+    no message text."""
+    sid = await new_session(deps, "alice", "bob")
+    [hello] = await handle_batch([send(sid, "alice", "inbox must not keep this text")], deps)
+    add = envelope(AddParticipant(session_id=sid, user_id="carol"), "alice")
+    remove = envelope(RemoveParticipant(session_id=sid, user_id="bob"), "alice")
+    read = envelope(MarkReceipt(session_id=sid, marker="read", up_to_seq=1), "bob")
+    first = await handle_batch([add, read], deps)
+    [removed] = await handle_batch([remove], deps)
+    assert all(r["ok"] for r in [*first, removed]), [*first, removed]
+    again = await handle_batch([add, read, remove], deps)
+    assert again[1:] == [first[1], removed]
+    assert again[0]["ok"] and again[0]["result"]["id"] == sid
+    assert [p["user_id"] for p in again[0]["result"]["participants"]] == ["alice", "carol"]
+    assert again[0]["result"]["last_message"]["body"] == "inbox must not keep this text"
+    async with messaging_pool.acquire() as conn:
+        types = [r["type"] for r in await conn.fetch(
+            "SELECT type FROM events WHERE stream_id = $1 ORDER BY position", uuid.UUID(sid))]
+        inbox = await conn.fetch("SELECT type, answer::text AS answer FROM inbox "
+                                 "WHERE message_id = ANY($1)",
+                                 [add.message_id, remove.message_id, read.message_id,
+                                  uuid.UUID(hello["result"]["message"]["id"])])
+    assert types == ["session_created", "message_sent", "messages_read", "participant_added",
+                     "participant_removed"]
+    assert sorted(r["type"] for r in inbox) == ["messaging.add_participant",
+                                               "messaging.mark_receipt",
+                                               "messaging.remove_participant"]
+    assert not any("inbox must not keep" in r["answer"] for r in inbox)
 
 
 def refused() -> float:
