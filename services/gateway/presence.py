@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from shared.broker import Broker
 from shared.contracts.base import Contract
@@ -53,6 +54,10 @@ from .ratelimit import TokenBucket
 from .settings import GatewaySettings
 
 log = get_logger(__name__)
+PRESENCE_JOIN_STATE = Counter(
+    "chat_gateway_presence_join_state_total",
+    "Joins whose presence answer (online, typing) was late (sent after joined) or unavailable",
+    ["outcome"])
 
 # Activity after this long without any is reported at once (so ``away`` ends at once); more
 # frequent activity rides on the heartbeat.
@@ -121,17 +126,43 @@ class PresenceLink:
 
     async def session_opened(self, conn: Connection, session_id: str,
                              participants: list[str]) -> dict[str, list[str]]:
-        """Tell presence (user_joined to the others) and get who is online and typing."""
+        """Tell presence (user_joined to the others) and get who is online and typing.
+
+        Waits at most ``presence_join_timeout_ms``, then answers with what the gateway knows
+        (the user alone). An answer that comes later, within the RPC timeout (a join storm
+        after a gateway restart keeps presence busy), reaches the client as ``online_users``
+        and ``typing_start`` frames after ``joined``: late, but never missing."""
+        request = asyncio.ensure_future(self.request(
+            conn.principal, OpenSession(session_id=session_id, connection_id=conn.id,
+                                        participants=participants),
+            self.settings.rpc_timeout_s))
         try:
-            return await self.request(
-                conn.principal,
-                OpenSession(session_id=session_id, connection_id=conn.id,
-                            participants=participants),
-                self.settings.presence_join_timeout_ms / 1000)
+            return await asyncio.wait_for(asyncio.shield(request),
+                                          self.settings.presence_join_timeout_ms / 1000)
+        except TimeoutError:
+            self._tasks.add(request)
+            request.add_done_callback(self._tasks.discard)
+            request.add_done_callback(lambda done: self._late_join_state(conn, session_id, done))
+            PRESENCE_JOIN_STATE.labels("late").inc()
         except ServiceError as exc:
+            PRESENCE_JOIN_STATE.labels("unavailable").inc()
             log.warning("presence_join_state_unavailable", session_id=session_id,
                         connection_id=conn.id, error=exc.message)
-            return {"online_users": [conn.user_id], "typing": []}
+        return {"online_users": [conn.user_id], "typing": []}
+
+    def _late_join_state(self, conn: Connection, session_id: str, done: asyncio.Future) -> None:
+        if done.cancelled() or done.exception() is not None:
+            PRESENCE_JOIN_STATE.labels("unavailable").inc()
+            log.warning("presence_join_state_unavailable", session_id=session_id,
+                        connection_id=conn.id, error=repr(done.exception()))
+            return
+        if conn.closed or session_id not in conn.sessions:
+            return
+        seen = done.result()
+        conn.send({"type": "online_users", "session_id": session_id,
+                   "user_ids": sorted({*seen["online_users"], conn.user_id})})
+        for user_id in seen["typing"]:
+            conn.send({"type": "typing_start", "session_id": session_id, "user_id": user_id})
 
     def session_closed(self, conn: Connection, session_id: str) -> None:
         self.stop_typing_now(conn, session_id)

@@ -112,18 +112,13 @@ async def evaluate_user(user_id: str, deps: Deps, out: Outbox) -> None:
         out.presence_changed(user_id, decision.publish, decision.record.last_seen, recipients)
     if (record.shown == OFFLINE) != (decision.publish == OFFLINE):
         # Connected or disconnected: the online list of every open session of theirs changed.
-        opened = await deps.store.sessions_opened(await deps.store.sessions_of(user_id))
-        for sid in opened:
-            await announce_online(sid, deps, out)
+        announce_online(await deps.store.online_in_opened(user_id=user_id), out)
 
 
-async def announce_online(session_id: str, deps: Deps, out: Outbox) -> None:
-    out.session_event("online_users", session_id, online=await online_users(session_id, deps))
-
-
-async def online_users(session_id: str, deps: Deps) -> list[str]:
-    shown = await deps.store.shown_statuses(await deps.store.members(session_id))
-    return sorted(uid for uid, status in shown.items() if status != OFFLINE)
+def announce_online(online: dict[str, list[str]], out: Outbox) -> None:
+    """``online_users`` to each session (``{session: online participants}``)."""
+    for sid, users in online.items():
+        out.session_event("online_users", sid, online=users)
 
 
 async def forget_connection(connection_id: str, deps: Deps, out: Outbox) -> str | None:
@@ -218,12 +213,13 @@ async def open_session(cmd: OpenSession, env: Envelope, deps: Deps, out: Outbox)
     """A connection joined the session: user_joined to the others (if it is the user's first
     connection with it open); the answer is what ``joined`` shows."""
     sid, user = str(cmd.session_id), env.actor.user_id
-    await deps.store.heal_membership(sid, list(cmd.participants))
-    if await deps.store.open_session(sid, cmd.connection_id, user):
+    first, online, typing = await deps.store.open_session(sid, cmd.connection_id, user,
+                                                          list(cmd.participants))
+    if first:
         out.session_event("user_joined", sid, user_id=user, exclude_user_id=user)
-    online = set(await online_users(sid, deps)) | {user}
-    typing = domain.typing_users(await deps.store.typing_in(sid), deps.clock())
-    return {"online_users": sorted(online), "typing": [u for u in typing if u != user]}
+    typing_now = domain.typing_users(typing, deps.clock())
+    return {"online_users": sorted({*online, user}),
+            "typing": [u for u in typing_now if u != user]}
 
 
 async def close_session(cmd: CloseSession, env: Envelope, deps: Deps, out: Outbox):
@@ -315,8 +311,7 @@ async def participant_removed(payload: dict, deps: Deps, out: Outbox) -> None:
 
 
 async def _membership_changed(session_id: str, deps: Deps, out: Outbox) -> None:
-    if await deps.store.sessions_opened([session_id]):
-        await announce_online(session_id, deps, out)
+    announce_online(await deps.store.online_in_opened(session_ids=[session_id]), out)
 
 
 EVENT_HANDLERS: dict[str, Callable[[dict, Deps, Outbox], Awaitable[None]]] = {

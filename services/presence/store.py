@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from . import scripts
 from .domain import ConnState, UserRecord
 
 USER_RECORD_TTL_S = 30 * 24 * 3600
@@ -49,6 +50,10 @@ class PresenceStore:
     def __init__(self, redis: Redis, prefix: str = "presence:"):
         self.r = redis
         self.p = prefix
+        self._open_session = redis.register_script(scripts.OPEN_SESSION)
+        self._load_user = redis.register_script(scripts.LOAD_USER)
+        self._co_participants = redis.register_script(scripts.CO_PARTICIPANTS)
+        self._online_in_opened = redis.register_script(scripts.ONLINE_IN_OPENED)
 
     # ---- keys -------------------------------------------------------------------------------
 
@@ -130,24 +135,14 @@ class PresenceStore:
 
     async def load_user(self, user_id: str) -> tuple[UserRecord, list[ConnState], list[str]]:
         """The user's record, their connections (lapsed ones included) and orphans (a
-        connection hash without a lease: forget it)."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(self.k("u", user_id))
-        pipe.smembers(self.k("uc", user_id))
-        raw, conn_ids = await pipe.execute()
+        connection hash without a lease: forget it). One round trip."""
+        raw, found = await self._load_user(args=[self.p, user_id])
+        raw = dict(zip(raw[::2], raw[1::2], strict=True))
         record = UserRecord(
             shown=raw.get("shown", "offline"), last_seen=_float(raw.get("last_seen")),
             offline_at=_float(raw.get("offline_at")), gone_at=_float(raw.get("gone_at")))
-        conn_ids = sorted(conn_ids)
-        if not conn_ids:
-            return record, [], []
-        pipe = self.r.pipeline(transaction=False)
-        for cid in conn_ids:
-            pipe.hmget(self.k("c", cid), "last_active", "away")
-        pipe.zmscore(self.k("leases"), conn_ids)
-        *fields, scores = await pipe.execute()
         conns, orphans = [], []
-        for cid, (last_active, away), score in zip(conn_ids, fields, scores, strict=True):
+        for cid, last_active, away, score in sorted(found):
             if score is None or last_active is None:
                 orphans.append(cid)
                 continue
@@ -178,27 +173,18 @@ class PresenceStore:
     async def due_users(self, now: float, limit: int = 1000) -> list[str]:
         return await self.r.zrangebyscore(self.k("due"), "-inf", now, start=0, num=limit)
 
-    async def shown_statuses(self, user_ids: list[str]) -> dict[str, str]:
-        if not user_ids:
-            return {}
-        pipe = self.r.pipeline(transaction=False)
-        for uid in user_ids:
-            pipe.hget(self.k("u", uid), "shown")
-        values = await pipe.execute()
-        return {uid: v or "offline" for uid, v in zip(user_ids, values, strict=True)}
-
     # ---- sessions opened by connections -----------------------------------------------------
 
-    async def open_session(self, session_id: str, connection_id: str, user_id: str) -> bool:
-        """Record that the connection has the session open; True if the user had it open on
-        no other connection before (-> user_joined)."""
-        key = self.k("open", session_id)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(key)
-        pipe.hset(key, connection_id, user_id)
-        pipe.sadd(self.k("cs", connection_id), session_id)
-        before, *_ = await pipe.execute()
-        return not any(u == user_id for c, u in before.items() if c != connection_id)
+    async def open_session(self, session_id: str, connection_id: str, user_id: str,
+                           participants: list[str]) -> tuple[bool, list[str], dict[str, float]]:
+        """Record that the connection has the session open (learning its ``participants``
+        if the projection does not know the session: messaging checked them). Answers
+        whether the user had it open on no other connection before (-> user_joined), the
+        participants online or away, and ``{user: typing until}``. One round trip."""
+        first, online, typing = await self._open_session(
+            args=[self.p, session_id, connection_id, user_id, *participants])
+        return (bool(first), sorted(online),
+                {u: float(t) for u, t in zip(typing[::2], typing[1::2], strict=True)})
 
     async def close_session(self, session_id: str, connection_id: str, user_id: str) -> bool:
         """Forget that the connection has the session open; True if it was the user's last
@@ -214,15 +200,13 @@ class PresenceStore:
     async def user_has_open(self, session_id: str, user_id: str) -> bool:
         return user_id in await self.r.hvals(self.k("open", session_id))
 
-    async def sessions_opened(self, session_ids: list[str]) -> list[str]:
-        """Those of the sessions some connection has open."""
-        if not session_ids:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for sid in session_ids:
-            pipe.exists(self.k("open", sid))
-        flags = await pipe.execute()
-        return [sid for sid, flag in zip(session_ids, flags, strict=True) if flag]
+    async def online_in_opened(self, *, user_id: str | None = None,
+                               session_ids: list[str] = ()) -> dict[str, list[str]]:
+        """For each session of the user's (or of ``session_ids``) that some connection has
+        open: its participants online or away. One round trip."""
+        args = ["user", user_id] if user_id is not None else ["sessions", *session_ids]
+        rows = await self._online_in_opened(args=[self.p, *args])
+        return {row[0]: sorted(row[1:]) for row in rows}
 
     # ---- membership projection --------------------------------------------------------------
 
@@ -245,17 +229,6 @@ class PresenceStore:
         pipe.set(self.k("mv", session_id), seq)
         await pipe.execute()
         return True
-
-    async def heal_membership(self, session_id: str, participants: list[str]) -> None:
-        """Learn a session's participants from a join (messaging checked them) when the
-        projection does not know the session (its events not here yet, or Redis lost them)."""
-        if not participants or await self.r.exists(self.k("m", session_id)):
-            return
-        pipe = self.r.pipeline(transaction=False)
-        pipe.sadd(self.k("m", session_id), *participants)
-        for uid in participants:
-            pipe.sadd(self.k("us", uid), session_id)
-        await pipe.execute()
 
     async def membership_unknown(self, user_ids: list[str]) -> list[str]:
         """Those of the users whose sessions were not loaded since Redis lost its data."""
@@ -311,10 +284,7 @@ class PresenceStore:
 
     async def co_participants(self, user_id: str) -> list[str]:
         """Everyone who shares a session with the user (the user excluded)."""
-        sessions = await self.sessions_of(user_id)
-        if not sessions:
-            return []
-        users = await self.r.sunion([self.k("m", sid) for sid in sessions])
+        users = set(await self._co_participants(args=[self.p, user_id]))
         users.discard(user_id)
         return sorted(users)
 
@@ -341,9 +311,6 @@ class PresenceStore:
         pipe.zrem(self.k("tydue"), f"{session_id} {user_id}")
         before, *_ = await pipe.execute()
         return before
-
-    async def typing_in(self, session_id: str) -> dict[str, float]:
-        return dict(await self.r.zrange(self.k("ty", session_id), 0, -1, withscores=True))
 
     async def lapsed_typing(self, now: float, limit: int = 1000) -> list[tuple[str, str]]:
         members = await self.r.zrangebyscore(self.k("tydue"), "-inf", now, start=0, num=limit)

@@ -202,6 +202,7 @@ async def run_loadgen(args: argparse.Namespace, stack: Stack, outdir: Path
                 if phase == "connected":
                     await asyncio.sleep(IDLE_SETTLE_S)
                     sampler.take("connected_idle")
+                    scraped["connected"] = await scrape_all(stack)
                     proc.stdin.write(b"go\n")
                     await proc.stdin.drain()
                 elif phase in ("window_start", "window_end"):
@@ -228,8 +229,19 @@ async def run_loadgen(args: argparse.Namespace, stack: Stack, outdir: Path
     if not result_path.exists():
         raise RuntimeError(f"the load generator exited with {proc.returncode} and no result")
     counters = (metrics_window(scraped["window_start"], scraped["window_end"])
-                if len(scraped) == 2 else {})
-    return orjson.loads(result_path.read_bytes()), sampler, summaries, counters
+                if "window_start" in scraped and "window_end" in scraped else {})
+    result = orjson.loads(result_path.read_bytes())
+    result["setup"]["presence_join_state"] = join_state(scraped.get("connected"))
+    return result, sampler, summaries, counters
+
+
+def join_state(scraped: dict | None) -> dict[str, int]:
+    """How the gateway's ``joined`` frames got presence's answer (who is online) by the time
+    every connection had joined: late answers followed as ``online_users`` frames."""
+    page = (scraped or {}).get("gateway", (0, None))[1] or {}
+    prefix = "chat_gateway_presence_join_state_total{"
+    return {name[len(prefix):-1].split('"')[1]: int(value) for name, value in page.items()
+            if name.startswith(prefix)}
 
 
 def log_findings(stack: Stack) -> dict:

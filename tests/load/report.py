@@ -32,6 +32,10 @@ def render(report: dict) -> str:
                  f"({cfg.get('sessions_of_2')} of 2, {cfg.get('sessions_of_3')} of 3); "
                  f"joined {setup.get('connected')} in {setup.get('connect_s')} s "
                  f"({setup.get('connects_per_s')}/s; join {_ms(setup.get('join_ms', {}))})")
+    if "presence_join_state" in setup:
+        state = setup["presence_join_state"]
+        lines.append(f"presence answer of the joins: {state.get('late', 0)} late (sent after "
+                     f"joined), {state.get('unavailable', 0)} never; the others on time")
     if not cfg.get("idle"):
         lines.append(f"offered {cfg.get('rate')} msg/s for {cfg.get('warmup_s')} s warm-up + "
                      f"{cfg.get('duration_s')} s measured, {cfg.get('per_sender_rate')} msg/s "
