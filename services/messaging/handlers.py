@@ -123,8 +123,12 @@ async def write_messages(batch: list[Write], results: list, deps: Deps) -> None:
         states = await deps.sessions.states(deps.pool, session_ids)
         decided_after = deps.refusals
         events = await writes.send_messages(None, batch, results, deps.clock(), states=states)
+        # A message refused on what this process remembers may have been refused on a stale
+        # memory (its sender was added by another replica): nothing written would tell, so
+        # such a batch is decided again under the lock.
+        refused_on_memory = any(isinstance(results[w.index], ServiceError) for w in batch)
     async with deps.writing, (deps.writer or deps.pool).acquire() as conn:
-        if decided_after == deps.refusals:
+        if decided_after == deps.refusals and not refused_on_memory:
             try:
                 before = await store.append_events(
                     conn, events, notify=deps.notify_relays(), lock=True,

@@ -159,6 +159,24 @@ async def test_a_session_that_moved_on_elsewhere_refuses_the_write_decided_on_wh
     assert refused() == before + 1
 
 
+
+async def test_a_participant_added_elsewhere_can_post_at_once_through_any_replica(
+        deps, messaging_pool):
+    """Replica A remembers the session without carol; replica B adds her. Her first message
+    through A is refused on A's memory, so it is decided again under the lock: it is stored."""
+    sid = await new_session(deps, "alice", "bob")
+    other = Deps(pool=messaging_pool)
+    [first] = await handle_batch([send(sid, "alice", "a1")], deps)
+    [added] = await handle_batch([envelope(AddParticipant(session_id=sid, user_id="carol"),
+                                           "alice")], other)
+    assert first["ok"] and added["ok"]
+    [hello] = await handle_batch([send(sid, "carol", "hi")], deps)  # nothing else to refuse
+    assert hello["ok"], hello
+    assert hello["result"]["message"]["seq"] == 3
+    [outsider] = await handle_batch([send(sid, "mallory", "let me in")], deps)
+    assert outsider["error"]["code"] == "not_found"
+
+
 async def test_a_participant_removed_elsewhere_cannot_post_on_what_was_known(
         deps, messaging_pool):
     """The removal moves the session's seq on, so a message decided on the old membership
