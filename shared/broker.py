@@ -215,12 +215,12 @@ class Broker:
 
     def submit(self, envelope: Envelope | dict, answer: Callable[[dict[str, Any]], None], *,
                routing_key: str, timeout: float | None = None,
-               event_key: str | None = None) -> None:
+               event_key: str | None = None) -> Any:
         """``request`` without a coroutine or a future, for hot paths (see
-        ``Requests.submit``)."""
+        ``Requests.submit``); returns the request."""
         if isinstance(envelope, Envelope):
             envelope = envelope.model_dump(mode="json")
-        self.requests.submit(envelope, answer, routing_key, timeout, event_key)
+        return self.requests.submit(envelope, answer, routing_key, timeout, event_key)
 
     async def _publish_requests(self, routing_key: str, body: bytes, correlation_id: str,
                                 headers: dict | None) -> None:

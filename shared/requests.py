@@ -73,9 +73,10 @@ class Requests:
         return result_of(await future)
 
     def submit(self, envelope: dict, answer: Answer, routing_key: str,
-               timeout: float | None = None, event_key: str | None = None) -> None:
+               timeout: float | None = None, event_key: str | None = None) -> _Call:
         """``answer(reply)`` is called once, with the reply (``{"ok": true, "result": ...}``
-        or ``{"ok": false, "error": {...}}``, a timeout included; it never raises)."""
+        or ``{"ok": false, "error": {...}}``, a timeout included). Returns the request, whose
+        ``sent`` and ``answered`` tell where it is."""
         loop = asyncio.get_running_loop()
         lane = (routing_key, event_key is not None)
         call = _Call(envelope, answer, loop.time() + (timeout or self.rpc_timeout_s),
@@ -92,6 +93,7 @@ class Requests:
             else:  # a batch answered flushes sooner (see _batch_done)
                 handle = loop.call_later(self.coalesce_window_s, self._flush_now, lane)
             self._flush_handles[lane] = handle
+        return call
 
     def answer_from_event(self, event_key: str, result: Any) -> None:
         """The event that completes request ``event_key`` arrived (nothing happens if it is
@@ -169,7 +171,10 @@ class Requests:
         if call.event_key is not None:
             self._by_event.pop(call.event_key, None)
         _rpc_seconds(call.routing_key).observe(time.perf_counter() - call.started)
-        answer(reply)
+        try:
+            answer(reply)
+        except Exception:  # a caller's bug must not keep the batch (and its slot) forever
+            log.exception("request_answer_failed", routing_key=call.routing_key)
         batch = call.batch
         if batch is not None:
             batch.unanswered -= 1
@@ -238,6 +243,19 @@ class _Call:
         self.routing_key = routing_key
         self.event_key = event_key
         self.batch: _Batch | None = None
+
+    @property
+    def sent(self) -> bool:
+        """Left in a batch (else still waiting to be coalesced with others)."""
+        return self.batch is not None
+
+    @property
+    def answered(self) -> bool:
+        return self.answer is None
+
+    @property
+    def by_events(self) -> bool:
+        return self.event_key is not None
 
 
 def _settle_future(future: asyncio.Future, reply: dict[str, Any]) -> None:

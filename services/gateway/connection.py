@@ -72,6 +72,10 @@ class Connection:
         # Keep-alive (see heartbeat.py): a frame came since the last look; a ping is owed.
         self.heard = True
         self.pinged = False
+        # The connection's latest send (a request of shared.requests) and the sends waiting
+        # for it, in order (see ws.send_message).
+        self.last_send = None
+        self.held_sends: list = []
 
     def send(self, frame: dict) -> None:
         self.send_framed(text_frame(orjson.dumps(frame)))

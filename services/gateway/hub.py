@@ -114,6 +114,17 @@ class Hub:
         """Whether this instance's queue is bound to the session's events."""
         return session_binding(session_id) in self._bound
 
+    def hold(self, session_id: str) -> None:
+        """Keep the session's events coming while a send answered by its event is out (its
+        connection may leave the session, the last here to do so, before the event comes)."""
+        self._count(session_binding(session_id), +1)
+
+    def release(self, session_id: str) -> None:
+        key = session_binding(session_id)
+        self._count(key, -1)
+        if not self._needed.get(key):
+            self._spawn(self._sync(key))
+
     # ---- bindings: one per shard key, bound while a session or user here needs it --------
 
     def _count(self, key: str, change: int) -> None:
@@ -231,6 +242,7 @@ class Hub:
         try:
             while not conn.closed and session_id in conn.sessions:
                 frames, has_more = await self.fetch_events(conn, session_id, view.last_seq)
+                self._answer_sends(frames)
                 conn.send_backlog(session_id, frames)
                 if not has_more:
                     break
@@ -240,6 +252,14 @@ class Hub:
             conn.close(1011, "please reconnect")
             return
         conn.go_live(session_id)
+
+    def _answer_sends(self, frames: list[dict]) -> None:
+        """Sends of ours waiting for their event (lost while the broker was away) are
+        answered from the store's copy."""
+        for frame in frames:
+            if frame["type"] == "new_message":
+                self.broker.requests.answer_from_event(
+                    frame["message"]["id"], {"message": frame["message"], "created": True})
 
     def _on_reconnect(self, *_args) -> None:
         """The broker connection came back: events published meanwhile never reached our

@@ -43,10 +43,10 @@ async def call_raw(broker: Broker, type_: str, version: int, payload: dict[str, 
 def submit_raw(broker: Broker, type_: str, version: int, payload: dict[str, Any],
                principal: Principal, correlation: str | None,
                answer: Callable[[dict[str, Any]], None], *,
-               timeout: float | None = None, event_key: str | None = None) -> None:
+               timeout: float | None = None, event_key: str | None = None) -> Any:
     """``call_raw`` without a coroutine: ``answer(reply)`` is called (see ``Broker.submit``;
-    ``event_key``: answered from the event that completes it)."""
-    broker.submit(_envelope(type_, version, payload, principal, correlation), answer,
+    ``event_key``: answered from the event that completes it). Returns the request."""
+    return broker.submit(_envelope(type_, version, payload, principal, correlation), answer,
                   routing_key=type_, timeout=timeout, event_key=event_key)
 
 

@@ -105,31 +105,70 @@ async def leave_session(frame: LeaveSessionFrame, ctx: Context) -> None:
 def send_message(frame: SendMessageFrame, ctx: Context, data: str) -> None:
     """The hot path, without a task: the command joins the next request batch at once, and
     the reply's callback answers the client. The frame is validated; messaging validates the
-    command again."""
+    command again.
+
+    One connection's messages keep the order they were sent in: a send waits while an earlier
+    one of the connection is in a batch on its way (two batches in flight may reach two
+    messaging replicas) or in the other lane (see ``_submit_send``), and leaves when that
+    one is answered."""
     wait = ctx.rate_messages.take(ctx.conn.user_id)
     if wait:
         raise ServiceError(ErrorCode.RATE_LIMITED, "too many messages", retry_after=wait)
+    conn = ctx.conn
+    if conn.held_sends or _must_wait(conn.last_send, ctx.hub.receives(str(frame.session_id))):
+        conn.held_sends.append((frame, data))
+        return
+    _submit_send(ctx, frame, data)
+
+
+def _must_wait(earlier, by_events: bool) -> bool:
+    """Whether a send must wait for the connection's previous one, ``earlier``."""
+    return (earlier is not None and not earlier.answered
+            and (earlier.sent or earlier.by_events != by_events))
+
+
+def _submit_send(ctx: Context, frame: SendMessageFrame, data: str) -> None:
     session_id = str(frame.session_id)
     message_id = new_uuid_str()
     # Bound to the session's events, this gateway answers from the message's own event (the
-    # sender's ack then leaves with its new_message, in one write); else from the reply.
-    rpc.submit_raw(ctx.broker, SendMessage.TYPE, SendMessage.VERSION, {
+    # sender's ack then leaves with its new_message, in one write); else from the reply. The
+    # binding is held until then, even if the connection leaves the session meanwhile.
+    by_events = ctx.hub.receives(session_id)
+    if by_events:
+        ctx.hub.hold(session_id)
+    ctx.conn.last_send = rpc.submit_raw(ctx.broker, SendMessage.TYPE, SendMessage.VERSION, {
         "session_id": session_id, "message_id": message_id,
         "client_msg_id": frame.client_msg_id, "body": frame.body,
-    }, ctx.conn.principal, None, partial(_message_sent, ctx, frame.ref, session_id, data),
-        event_key=message_id if ctx.hub.receives(session_id) else None)
+    }, ctx.conn.principal, None,
+        partial(_message_sent, ctx, frame.ref, session_id, data, by_events),
+        event_key=message_id if by_events else None)
 
 
-def _message_sent(ctx: Context, ref: str | None, session_id: str, data: str,
+def _message_sent(ctx: Context, ref: str | None, session_id: str, data: str, by_events: bool,
                   reply: dict) -> None:
     """The reply to a send (a closed connection sends nothing more: see Connection)."""
+    if by_events:
+        ctx.hub.release(session_id)
     try:
         result = result_of(reply)
     except ServiceError as exc:
         refuse(ctx, data, ref, exc)
-        return
-    ctx.presence.stop_typing_now(ctx.conn, session_id)
-    ctx.conn.send({"type": "ack", "ref": ref, "message": result["message"]})
+    else:
+        ctx.presence.stop_typing_now(ctx.conn, session_id)
+        ctx.conn.send({"type": "ack", "ref": ref, "message": result["message"]})
+    _send_held(ctx)
+
+
+def _send_held(ctx: Context) -> None:
+    """Submit the sends that waited for the one just answered, in order, as far as they may
+    go now (those that follow one another in a lane leave in one batch)."""
+    conn = ctx.conn
+    while conn.held_sends and not conn.closed:
+        frame, data = conn.held_sends[0]
+        if _must_wait(conn.last_send, ctx.hub.receives(str(frame.session_id))):
+            return
+        del conn.held_sends[0]
+        _submit_send(ctx, frame, data)
 
 
 async def mark_receipt(frame: MarkDeliveredFrame | MarkReadFrame, ctx: Context) -> None:

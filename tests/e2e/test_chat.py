@@ -210,3 +210,24 @@ async def test_unknown_session_id_is_not_found(stack, api, user):
     for sid in (str(uuid.uuid4()), "not-a-uuid"):
         status, body = await api(me).request("GET", f"/api/chat/sessions/{sid}")
         assert status == 404 and body["error"]["code"] == "not_found"
+
+
+async def test_a_send_followed_at_once_by_leaving_the_session_is_still_acked(stack, http, api,
+                                                                            user):
+    """The ack of a send from a joined connection comes with the message's own event; leaving
+    the session right after sending must not stop that event from coming (the ack would
+    otherwise be a 503 although the message was stored)."""
+    alice, bob = user("alice"), user("bob")
+    sid = (await api(alice).create_session(bob))["id"]
+    a = await Ws.connect(http, stack.ws_url, stack.token(alice))
+    await a.join(sid)
+    await a.send({"type": "send_message", "session_id": sid, "client_msg_id": "m1",
+                  "body": "bye", "ref": "send"})
+    await a.send({"type": "leave_session", "session_id": sid, "ref": "leave"})
+    acked = await a.until(lambda f: f.get("ref") == "send")
+    left = await a.until(lambda f: f.get("ref") == "leave")
+    assert acked["type"] == "ack" and acked["message"]["body"] == "bye", acked
+    assert left["type"] == "ack"
+    _, page = await api(bob).request("GET", f"/api/chat/sessions/{sid}/messages")
+    assert [m["id"] for m in page["messages"]] == [acked["message"]["id"]]
+    await a.close()
