@@ -90,11 +90,14 @@ POOL_SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10,
-                      plans: str = POOL_SERVER_SETTINGS["plan_cache_mode"]) -> asyncpg.Pool:
+                      plans: str = POOL_SERVER_SETTINGS["plan_cache_mode"],
+                      server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+    """``server_settings``: more settings of every connection (``role``, say)."""
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                      init=_init_connection, reset=_no_session_state_to_reset,
                                      server_settings={**POOL_SERVER_SETTINGS,
-                                                      "plan_cache_mode": plans},
+                                                      "plan_cache_mode": plans,
+                                                      **(server_settings or {})},
                                      command_timeout=30)
 
 

@@ -15,7 +15,7 @@ import asyncpg
 
 from shared import service
 from shared.broker import Broker, retry_when
-from shared.db import UNREACHABLE, apply_migrations, ensure_database, readiness
+from shared.db import UNREACHABLE, apply_migrations, create_pool, ensure_database, readiness
 from shared.logging import configure_logging, get_logger
 from shared.ops import start_ops_server
 from shared.settings import load_settings
@@ -43,11 +43,13 @@ async def migrate(settings: AuditSettings) -> None:
 
 
 async def open_pool(settings: AuditSettings, *, max_size: int | None = None) -> asyncpg.Pool:
-    """Every connection works as the restricted role (INSERT and SELECT on the log)."""
+    """Every connection works as the restricted role (INSERT and SELECT on the log). Its
+    statements are planned with the log's current size (``shared.db``): a plan cached while
+    the log was empty would scan the whole log for every batch's duplicate check."""
     server_settings = {"role": settings.audit_db_role} if settings.audit_db_role else None
-    return await asyncpg.create_pool(settings.audit_database_url, min_size=1,
-                                     max_size=max_size or settings.audit_db_pool_size,
-                                     server_settings=server_settings, command_timeout=30)
+    return await create_pool(settings.audit_database_url, min_size=1,
+                             max_size=max_size or settings.audit_db_pool_size,
+                             server_settings=server_settings)
 
 
 def _transient(handler):

@@ -140,3 +140,20 @@ async def test_verify_names_the_row_edited_in_postgres(audit_url, writer_pool):
     assert broken.returncode == 1
     assert f"seq=7 id={tampered_id}" in broken.stdout, broken.stdout
     assert "6 entries before it verify" in broken.stdout
+
+
+async def test_the_duplicate_check_keeps_using_the_index_as_the_log_grows(audit_url):
+    """A plan cached while the log was empty would scan the whole log for the duplicate check
+    of every batch (a cost that grows with the log): the service plans with its current size."""
+    pool = await open_pool(AuditSettings(audit_database_url=audit_url), max_size=1)
+    try:
+        for _ in range(8):  # enough executions for Postgres to consider a cached plan
+            await append(pool, drafts(1))
+        await append(pool, drafts(40_000))
+        async with pool.acquire() as conn, conn.transaction():
+            assert len(await store.append(conn, drafts(50))) == 50
+            scans = await conn.fetchval("SELECT seq_scan FROM pg_stat_xact_user_tables "
+                                        "WHERE relname = 'audit_log'")
+        assert scans == 0
+    finally:
+        await pool.close()
