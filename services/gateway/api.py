@@ -60,7 +60,7 @@ async def read_body(request: web.Request, model: type[Contract]) -> Contract:
         raise ServiceError(ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ServiceError(ErrorCode.BAD_REQUEST, "body must be a JSON object")
-    return validate(model, data)
+    return validate(model, data, strict=True)
 
 
 def read_query(request: web.Request, model: type[Contract]) -> Contract:
@@ -73,9 +73,10 @@ def read_query(request: web.Request, model: type[Contract]) -> Contract:
     return validate(model, data)
 
 
-def validate(model: type[Contract], data: dict) -> Contract:
+def validate(model: type[Contract], data: dict, *, strict: bool = False) -> Contract:
+    """``strict`` for JSON, whose values have their types (a query string's are all text)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise ServiceError(ErrorCode.INVALID, first_error(exc), {"errors": error_list(exc)}) \
             from None
@@ -182,7 +183,7 @@ async def remove_participant(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     session_id = session_id_of(request)
     user_id = request.match_info["user_id"]
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise not_found("participant")
     await call(request, principal, RemoveParticipant(session_id=session_id, user_id=user_id))
     return web.Response(status=204)

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import TypeAdapter, ValidationError
 
 from shared.contracts.commands import GetSession
@@ -218,7 +219,22 @@ async def _stream_file(part, objects: ObjectStore, key: str, settings) -> Receiv
                                retry_after=2) from None
         raise
     # Browsers send the name raw (with %22 for quotes), aiohttp and others percent-encode it.
-    return Received(unquote(part.filename or ""), size, digest.hexdigest(), None)
+    return Received(unquote(filename_of(part)), size, digest.hexdigest(), None)
+
+
+_QUOTED_FILENAME = re.compile(r';\s*filename="([^"]*)"', re.IGNORECASE)
+
+
+def filename_of(part) -> str:
+    """The part's file name as the client wrote it. Browsers quote it as it is, backslashes
+    included (an old one sends a Windows path, ``C:\\Users\\al\\doc.pdf``), where aiohttp
+    reads each backslash as an escape and drops it (``C:Usersaldoc.pdf``): a quoted name with
+    a backslash is taken from the header as written, so the path can be cut off."""
+    header = part.headers.get(hdrs.CONTENT_DISPOSITION, "")
+    quoted = _QUOTED_FILENAME.search(header)
+    if quoted and "\\" in quoted.group(1) and "filename*" not in header.lower():
+        return quoted.group(1)
+    return part.filename or ""
 
 
 async def _forget(objects: ObjectStore, key: str) -> None:

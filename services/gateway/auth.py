@@ -65,7 +65,7 @@ class Authenticator:
         except (jwt.PyJWTError, ValueError) as exc:
             raise ServiceError(ErrorCode.UNAUTHENTICATED, f"invalid token: {exc}") from None
         sub, role = claims.get("sub"), claims.get("role")
-        if not isinstance(sub, str) or not _USER_ID.match(sub):
+        if not isinstance(sub, str) or not _USER_ID.fullmatch(sub):
             raise ServiceError(ErrorCode.UNAUTHENTICATED, "invalid token: bad sub")
         if role not in ROLES:
             raise ServiceError(ErrorCode.UNAUTHENTICATED, "invalid token: unknown role")
@@ -89,7 +89,7 @@ def mint_token(secret: str, user_id: str, role: str, *, audience: str = "chat",
     """A development token (HS256). Production tokens come from the identity provider."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
-    if not _USER_ID.match(user_id):
+    if not _USER_ID.fullmatch(user_id):
         raise ValueError("user id must be 1..128 characters of [A-Za-z0-9_.:@-]")
     issued = int(now if now is not None else time.time())
     return jwt.encode({"sub": user_id, "role": role, "aud": audience, "iat": issued,

@@ -35,7 +35,7 @@ _HTTP_CODES = {status: code for code, status in HTTP_STATUS.items()}
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     with bound_contextvars(request_id=request_id):
         try:

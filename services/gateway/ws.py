@@ -284,8 +284,8 @@ def take_frame(data: str, ctx: Context) -> Coroutine[Any, Any, None] | None:
         cls = CLIENT_FRAMES_BY_TYPE.get(raw.get("type"))
         if cls is None or (cls not in FRAME_HANDLERS and cls not in IMMEDIATE_FRAME_HANDLERS):
             raise ServiceError(ErrorCode.INVALID, f"unknown frame type {raw.get('type')!r}")
-        try:
-            frame = cls.model_validate(raw)
+        try:  # strict: a number sent as text, or true for 1, is the wrong type
+            frame = cls.model_validate_json(data, strict=True)
         except ValidationError as exc:
             raise ServiceError(ErrorCode.INVALID, first_error(exc)) from None
         if cls is not PingFrame:  # an app's keep-alive pings are not the user's activity

@@ -72,6 +72,19 @@ def check_readable(state: SessionState | None, actor: Actor) -> SessionState:
     return state
 
 
+def check_paging(state: SessionState, *, after_seq: int | None = None,
+                 before_seq: int | None = None) -> None:
+    """A seq to page from lies in the stream: ``after_seq`` at most the last seq (a client
+    that said it had seen more would never be sent what comes next), ``before_seq`` at most
+    one past it."""
+    if after_seq is not None and after_seq > state.last_seq:
+        raise ServiceError(ErrorCode.INVALID, f"after_seq {after_seq} is beyond the "
+                                              f"session's last seq {state.last_seq}")
+    if before_seq is not None and before_seq > state.last_seq + 1:
+        raise ServiceError(ErrorCode.INVALID, f"before_seq {before_seq} is beyond the "
+                                              f"session's last seq {state.last_seq} + 1")
+
+
 def check_writable(state: SessionState | None, actor: Actor) -> SessionState:
     """Only participants post. An admin who is not one may read and moderate, not post."""
     if state is None:

@@ -217,12 +217,15 @@ def replayed(answer: dict, w: Write):
 
 # ---- reads -----------------------------------------------------------------------------------
 
-async def readable(conn, session_id: uuid.UUID, envelope: Envelope, what: str
+async def readable(conn, session_id: uuid.UUID, envelope: Envelope, what: str, *,
+                   after_seq: int | None = None, before_seq: int | None = None
                    ) -> domain.SessionState:
-    """Participants and admins read. An admin who is not a participant leaves a trace: the
-    ``session_accessed_by_admin`` event, appended before the data is returned."""
+    """Participants and admins read, from seqs in the stream (``domain.check_paging``). An
+    admin who is not a participant leaves a trace: the ``session_accessed_by_admin`` event,
+    appended (once the read is known to be valid) before the data is returned."""
     states = await store.load_sessions(conn, [session_id])
     state = domain.check_readable(states.get(session_id), envelope.actor)
+    domain.check_paging(state, after_seq=after_seq, before_seq=before_seq)
     if not state.is_participant(envelope.actor.user_id):
         await store.append_admin_access(conn, store.NewEvent(
             stream_id=session_id, version=None, type="session_accessed_by_admin",
@@ -253,7 +256,8 @@ async def list_sessions(query: ListSessions, envelope: Envelope, conn) -> dict:
 
 
 async def get_messages(query: GetMessages, envelope: Envelope, conn) -> dict:
-    await readable(conn, query.session_id, envelope, "messages")
+    await readable(conn, query.session_id, envelope, "messages", after_seq=query.after_seq,
+                   before_seq=query.before_seq)
     messages, has_more = await store.fetch_messages(
         conn, query.session_id, before_seq=query.before_seq, after_seq=query.after_seq,
         limit=query.limit)
@@ -261,14 +265,14 @@ async def get_messages(query: GetMessages, envelope: Envelope, conn) -> dict:
 
 
 async def get_events(query: GetEvents, envelope: Envelope, conn) -> dict:
-    await readable(conn, query.session_id, envelope, "events")
+    await readable(conn, query.session_id, envelope, "events", after_seq=query.after_seq)
     rows, has_more = await store.fetch_stream(conn, query.session_id, query.after_seq,
                                               query.limit)
     return {"events": _frames(rows), "has_more": has_more}
 
 
 async def join_session(query: JoinSession, envelope: Envelope, conn) -> dict:
-    state = await readable(conn, query.session_id, envelope, "join")
+    state = await readable(conn, query.session_id, envelope, "join", after_seq=query.after_seq)
     views = await store.session_views(conn, [query.session_id], envelope.actor.user_id)
     backlog, truncated = [], False
     if query.after_seq is not None:

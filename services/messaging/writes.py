@@ -178,8 +178,11 @@ async def change_participants(conn, writes: list[Write], results: list, now: dat
             continue
         type_ = "participant_added" if adding else "participant_removed"
         domain.evolve_membership(state, type_, payload)
+        # Every participant sees it live, also on connections that have not joined the
+        # session (user-level frames), and so does the one removed.
+        told = list(dict.fromkeys([*state.participants, w.command.user_id]))
         events.append(event(w, state.id, payload["seq"], type_, payload, now)
-                      .with_recipients([w.command.user_id]))
+                      .with_recipients(told))
         results[w.index] = (("session", state.id, w.envelope.actor) if adding
                             else {"removed": True})
     return events

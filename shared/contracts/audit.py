@@ -20,7 +20,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from .base import Contract
-from .fields import UserId
+from .fields import Count, UserId
 
 AuditAction = Literal[
     "session.created", "participant.added", "participant.removed", "message.sent",
@@ -51,7 +51,7 @@ class QueryEntries(Contract):
     actor_id: UserId | None = None
     action: AuditAction | None = None
     since: AwareDatetime | None = None
-    limit: int = Field(default=50, ge=1, le=100)
+    limit: Count = Field(default=50, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=200)
 
 
@@ -62,7 +62,7 @@ class AuditQuery(Contract):
     actor_id: UserId | None = None
     action: AuditAction | None = None
     since: AwareDatetime | None = None
-    limit: int = Field(default=50, ge=1, le=100)
+    limit: Count = Field(default=50, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=200)
 
 

@@ -9,7 +9,16 @@ from uuid import UUID
 from pydantic import Field, model_validator
 
 from .base import Contract
-from .fields import MAX_PARTICIPANTS, ClientMsgId, MessageBody, Seq, Title, UserId, one_direction
+from .fields import (
+    MAX_PARTICIPANTS,
+    ClientMsgId,
+    Count,
+    MessageBody,
+    Seq,
+    Title,
+    UserId,
+    one_direction,
+)
 from .wire import Attachment
 
 
@@ -28,7 +37,7 @@ class GetSession(Contract):
 class ListSessions(Contract):
     """The caller's sessions; ``all`` (admins only) lists every session."""
     TYPE = "messaging.list_sessions"
-    limit: int = Field(default=50, ge=1, le=100)
+    limit: Count = Field(default=50, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=200)
     all: bool = False
 
@@ -46,7 +55,7 @@ class GetMessages(Contract):
     session_id: UUID
     before_seq: Seq | None = None
     after_seq: Seq | None = None
-    limit: int = Field(default=50, ge=1, le=100)
+    limit: Count = Field(default=50, ge=1, le=100)
 
     @model_validator(mode="after")
     def _one_direction(self):
@@ -58,7 +67,7 @@ class GetEvents(Contract):
     TYPE = "messaging.get_events"
     session_id: UUID
     after_seq: Seq = 0
-    limit: int = Field(default=100, ge=1, le=1000)
+    limit: Count = Field(default=100, ge=1, le=1000)
 
 
 class JoinSession(Contract):
@@ -66,7 +75,7 @@ class JoinSession(Contract):
     TYPE = "messaging.join_session"
     session_id: UUID
     after_seq: Seq | None = None
-    backlog_limit: int = Field(default=1000, ge=1, le=1000)
+    backlog_limit: Count = Field(default=1000, ge=1, le=1000)
 
 
 class MarkReceipt(Contract):

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 MAX_BODY_CODE_POINTS = 4000
@@ -22,8 +22,20 @@ Role = Literal["client", "reader", "admin"]
 ParticipantRole = Literal["owner", "member"]
 MessageKind = Literal["text", "voice", "image", "file"]
 
+_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+def _digits_if_text(value):
+    """A number that comes as text (a query string) is plain decimal digits: not " 5", "+1",
+    "1_0" or "5.0", which a lax integer parse would take. JSON numbers pass through."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError("must be a whole number written in decimal digits")
+    return value
+
+
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
-Seq = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Seq = Annotated[int, BeforeValidator(_digits_if_text), Field(ge=0, le=2**31 - 1)]
+Count = Annotated[int, BeforeValidator(_digits_if_text)]  # limits; bounds set per field
 
 # C0 controls, DEL and C1 controls, except newline and tab.
 _FORBIDDEN_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

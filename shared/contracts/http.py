@@ -5,7 +5,16 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from .base import Contract
-from .fields import MAX_PARTICIPANTS, ClientMsgId, MessageBody, Seq, Title, UserId, one_direction
+from .fields import (
+    MAX_PARTICIPANTS,
+    ClientMsgId,
+    Count,
+    MessageBody,
+    Seq,
+    Title,
+    UserId,
+    one_direction,
+)
 
 
 class CreateSessionBody(Contract):
@@ -22,7 +31,7 @@ class SendMessageBody(Contract):
 
 class ListSessionsQuery(Contract):
     TYPE = "http.list_sessions_query"
-    limit: int = Field(default=50, ge=1, le=100)
+    limit: Count = Field(default=50, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=200)
     all: bool = False
 
@@ -36,7 +45,7 @@ class MessagesQuery(Contract):
     TYPE = "http.messages_query"
     before_seq: Seq | None = None
     after_seq: Seq | None = None
-    limit: int = Field(default=50, ge=1, le=100)
+    limit: Count = Field(default=50, ge=1, le=100)
 
     @model_validator(mode="after")
     def _one_direction(self):
@@ -47,7 +56,7 @@ class MessagesQuery(Contract):
 class EventsQuery(Contract):
     TYPE = "http.events_query"
     after_seq: Seq = 0
-    limit: int = Field(default=100, ge=1, le=1000)
+    limit: Count = Field(default=100, ge=1, le=1000)
 
 
 class ErrorBody(Contract):

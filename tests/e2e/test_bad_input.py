@@ -47,6 +47,7 @@ BAD_TOKENS = {
                          algorithm="HS256"),
     "unknown role": token({"role": "superuser"}),
     "bad sub": token({"sub": "has space"}),
+    "sub ending in a newline": token({"sub": "mallory\n"}),
     "garbage": "not.a.token",
 }
 
@@ -161,6 +162,10 @@ BAD_QUERIES = [
     ("messages", {"limit": "0"}), ("messages", {"limit": "101"}), ("messages", {"limit": "x"}),
     ("messages", {"before_seq": "3", "after_seq": "1"}), ("messages", {"before_seq": "-1"}),
     ("messages", {"color": "red"}), ("events", {"limit": "1001"}), ("events", {"after_seq": "x"}),
+    # Numbers are plain digits (a lax parse would take these), and seqs lie in the stream.
+    ("messages", {"limit": "5.0"}), ("messages", {"limit": " 5"}), ("events", {"after_seq": "+1"}),
+    ("events", {"after_seq": "1_0"}), ("messages", {"after_seq": "99"}),
+    ("messages", {"before_seq": "99"}), ("events", {"after_seq": "99"}),
 ]
 
 
@@ -200,6 +205,18 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays_open(stack, http
          ' "body": "x", "extra": true}', "invalid"),
         ('{"type": "join_session", "ref": "r", "session_id": "not-a-uuid"}', "invalid"),
         (f'{{"type": "join_session", "ref": "r", "session_id": "{sid}", "after_seq": -1}}',
+         "invalid"),
+        # Past the last seq: the live messages after it would never be sent.
+        (f'{{"type": "join_session", "ref": "r", "session_id": "{sid}", "after_seq": 50}}',
+         "invalid"),
+        # The wrong types, though a lax parse would read them as numbers.
+        (f'{{"type": "join_session", "ref": "r", "session_id": "{sid}", "after_seq": "1"}}',
+         "invalid"),
+        (f'{{"type": "mark_read", "ref": "r", "session_id": "{sid}", "up_to_seq": "1"}}',
+         "invalid"),
+        (f'{{"type": "mark_read", "ref": "r", "session_id": "{sid}", "up_to_seq": true}}',
+         "invalid"),
+        (f'{{"type": "mark_read", "ref": "r", "session_id": "{sid}", "up_to_seq": 1.0}}',
          "invalid"),
     ]
     for raw, code in cases:

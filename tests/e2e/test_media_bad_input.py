@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 
 from ..support import media_files as files
@@ -195,3 +196,14 @@ async def _raw_upload(stack, user_id: str, sid: str, body: bytes, *, content_len
     status = int(raw.split(b" ", 2)[1])
     return status, raw.partition(b"\r\n\r\n")[2]
 
+
+
+async def test_a_windows_path_in_a_quoted_file_name_is_cut_to_its_base_name(stack, api, user):
+    """An old browser quotes the whole path, backslashes as they are."""
+    alice, bob = user("alice"), user("bob")
+    sid = (await api(alice).create_session(bob))["id"]
+    body = _multipart(files.pdf(), "C:\\Users\\al\\Report 2024.pdf")
+    status, answer = await _raw_upload(stack, alice, sid, body, content_length=len(body))
+    assert status == 201, answer
+    message = orjson.loads(answer)
+    assert message["attachment"]["filename"] == "Report 2024.pdf"

@@ -124,6 +124,7 @@ async def test_membership_changes_are_stream_events_and_removal_cuts_off_at_once
     alice, bob, carol = user("alice"), user("bob"), user("carol")
     sid = (await api(alice).create_session(bob))["id"]
     a = await Ws.connect(http, stack.ws_url, stack.token(alice))
+    b = await Ws.connect(http, stack.ws_url, stack.token(bob))  # connected, not joined
     c = await Ws.connect(http, stack.ws_url, stack.token(carol))
     await a.join(sid)
 
@@ -133,8 +134,9 @@ async def test_membership_changes_are_stream_events_and_removal_cuts_off_at_once
     added = await a.until(lambda f: f["type"] == "participant_added")
     assert added == {"type": "participant_added", "session_id": sid, "seq": 1,
                      "user_id": carol, "by": alice}
-    # Carol has not joined it yet: her socket is told at user level.
+    # Carol has not joined it yet, nor has Bob: their sockets are told at user level.
     assert (await c.until(lambda f: f["type"] == "participant_added"))["user_id"] == carol
+    assert await b.until(lambda f: f["type"] == "participant_added") == added
 
     await c.join(sid)
     await api(alice).send(sid, "welcome carol")
@@ -149,6 +151,9 @@ async def test_membership_changes_are_stream_events_and_removal_cuts_off_at_once
     status, body = await api(alice).request("POST", f"/api/chat/sessions/{sid}/participants",
                                             json={"user_id": "no spaces allowed"})
     assert status == 422
+    status, body = await api(alice).request(
+        "DELETE", f"/api/chat/sessions/{sid}/participants/{carol}%0A")  # no such user id
+    assert status == 404 and body["error"]["code"] == "not_found", body
 
     status, _ = await api(alice).request("DELETE",
                                          f"/api/chat/sessions/{sid}/participants/{carol}")
@@ -175,6 +180,7 @@ async def test_membership_changes_are_stream_events_and_removal_cuts_off_at_once
     assert [p["user_id"] for p in session["participants"]] == [alice]
     assert session["last_seq"] == 5
     await a.close()
+    await b.close()
     await c.close()
 
 
