@@ -34,12 +34,16 @@ from shared.contracts.http import (
     MessagesQuery,
     SendMessageBody,
 )
+from shared.contracts.media import EraseMessageAttachments, ForgetParticipant
 from shared.contracts.registry import error_list, first_error
+from shared.logging import get_logger
 
 from . import rpc
 from .appkeys import AUTH, BROKER, RATE_MESSAGES
 from .auth import Principal
 from .errors import REQUEST_ID
+
+log = get_logger(__name__)
 
 USER_ID = re.compile(USER_ID_PATTERN)
 
@@ -164,8 +168,14 @@ async def mark_read(request: web.Request) -> web.Response:
 
 
 async def delete_message(request: web.Request) -> web.Response:
+    """Messaging deletes (and erases the text); a message with an attachment also has its
+    objects erased by media before the answer, so its old URLs stop working at once. If media
+    does not answer, the deletion stands and media erases them when its event comes."""
     principal = await principal_of(request)
-    await call(request, principal, DeleteMessage(message_id=message_id_of(request)))
+    message_id = message_id_of(request)
+    deleted = await call(request, principal, DeleteMessage(message_id=message_id))
+    if deleted.get("attachment"):
+        await _tell_media(request, principal, EraseMessageAttachments(message_id=message_id))
     return web.Response(status=204)
 
 
@@ -185,8 +195,22 @@ async def remove_participant(request: web.Request) -> web.Response:
     user_id = request.match_info["user_id"]
     if not USER_ID.fullmatch(user_id):
         raise not_found("participant")
-    await call(request, principal, RemoveParticipant(session_id=session_id, user_id=user_id))
+    removed = await call(request, principal,
+                         RemoveParticipant(session_id=session_id, user_id=user_id))
+    # No attachment URL for them from the moment the removal is answered (media would also
+    # learn it from the event, a little later).
+    await _tell_media(request, principal, ForgetParticipant(
+        session_id=session_id, user_id=user_id, seq=removed["seq"]))
     return web.Response(status=204)
+
+
+async def _tell_media(request: web.Request, principal: Principal, command: Contract) -> None:
+    """Have media apply a change before the client is answered. If media does not answer,
+    the change stands and media applies it when messaging's event comes."""
+    try:
+        await call(request, principal, command)
+    except ServiceError as exc:
+        log.warning("media_update_deferred", type=command.TYPE, error=exc.message)
 
 
 ROUTES = [

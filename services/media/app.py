@@ -71,7 +71,8 @@ async def serve(settings: MediaSettings, stop: asyncio.Event) -> None:
     relay_task = service.watch(asyncio.create_task(relay.run()), stop, "outbox_relay")
     sweeper_task = asyncio.create_task(_sweep_forever(deps, settings))
     queries = request_queue("media", settings.request_queue_type, "queries",
-                            ("media.get_attachment_url",))
+                            ("media.get_attachment_url", "media.erase_message_attachments",
+                             "media.forget_participant"))
     ingest = request_queue("media", settings.request_queue_type, "ingest", ("media.ingest",))
     consumers = [
         await broker.serve(EVENT_QUEUE, lambda envs: handle_events(envs, deps), prefetch=256),

@@ -1,9 +1,11 @@
 """Entry points of the media service.
 
-- ``COMMAND_HANDLERS``: ``media.ingest`` (the claim check, see ``ingest.py``) and
-  ``media.get_attachment_url``. Each command of a batch runs concurrently and gets its own
-  result or error; nothing is retried behind the caller's back (an unreachable store is a 503
-  and the client retries idempotently).
+- ``COMMAND_HANDLERS``: ``media.ingest`` (the claim check, see ``ingest.py``),
+  ``media.get_attachment_url``, and what the gateway has media do before it answers a
+  deletion or a removal (``media.erase_message_attachments``, ``media.forget_participant``).
+  Each command of a batch runs concurrently and gets its own result or error; nothing is
+  retried behind the caller's back (an unreachable store is a 503 and the client retries
+  idempotently).
 - ``EVENT_HANDLERS``: messaging's events that media keeps a projection of (membership) or acts
   on (``message_deleted``: the attachment's objects and metadata are erased). A batch applies in
   one transaction with its inbox rows; objects are deleted before it commits, so a failure
@@ -27,6 +29,8 @@ from shared.contracts.errors import ErrorCode, ServiceError, not_found, unavaila
 from shared.contracts.fields import rfc3339
 from shared.contracts.media import (
     QUARANTINE_PREFIX,
+    EraseMessageAttachments,
+    ForgetParticipant,
     GetAttachmentUrl,
     IngestUpload,
     attachment_key,
@@ -96,9 +100,30 @@ async def _participant_per_messaging(session_id: uuid.UUID, envelope: Envelope,
     return True
 
 
+async def erase_message_attachments(command: EraseMessageAttachments, envelope: Envelope,
+                                    deps: Deps) -> dict:
+    """The message was deleted (messaging answered the gateway so): erase its attachment now,
+    before the client is answered. Idempotent."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        erased = await _erase(conn, [command.message_id], deps)
+    return {"erased": erased}
+
+
+async def forget_participant(command: ForgetParticipant, envelope: Envelope, deps: Deps
+                             ) -> dict:
+    """The participant was removed (messaging answered the gateway so): no URL for them from
+    now on, before the removal is answered."""
+    async with deps.pool.acquire() as conn:
+        await store.apply_membership(conn, [(command.session_id, command.user_id, False,
+                                             command.seq)])
+    return {}
+
+
 COMMAND_HANDLERS: dict[type, Callable[[Any, Envelope, Deps], Awaitable[dict]]] = {
     IngestUpload: ingest,
     GetAttachmentUrl: get_attachment_url,
+    EraseMessageAttachments: erase_message_attachments,
+    ForgetParticipant: forget_participant,
 }
 
 
@@ -174,12 +199,19 @@ async def _apply_events(envelopes: list[Envelope], deps: Deps) -> None:
                 changes += EVENT_HANDLERS[e.type](e)
         await store.apply_membership(conn, changes)
         if deleted:
-            rows = await store.rows_for_messages(conn, deleted)
-            keys = [k for r in rows for k in (r["object_key"], r["thumbnail_key"]) if k]
-            await deps.objects.delete(*keys)  # before the commit: a failure retries the batch
-            await store.delete_rows(conn, [r["id"] for r in rows])
-            if rows:
-                log.info("attachments_erased", count=len(rows))
+            await _erase(conn, deleted, deps)
+
+
+async def _erase(conn, message_ids: list[uuid.UUID], deps: Deps) -> int:
+    """Delete the objects and rows of these messages' attachments (inside the caller's
+    transaction; the objects go first, so a failure leaves the rows to try again)."""
+    rows = await store.rows_for_messages(conn, message_ids)
+    keys = [k for r in rows for k in (r["object_key"], r["thumbnail_key"]) if k]
+    await deps.objects.delete(*keys)
+    await store.delete_rows(conn, [r["id"] for r in rows])
+    if rows:
+        log.info("attachments_erased", count=len(rows))
+    return len(rows)
 
 
 # ---- sweeper ---------------------------------------------------------------------------------

@@ -153,6 +153,7 @@ class MessageRef:
     seq: int
     sender_id: str
     deleted: bool
+    kind: str = "text"
 
 
 def delete_message(state: SessionState | None, message: MessageRef | None, actor: Actor

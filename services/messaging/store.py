@@ -263,10 +263,11 @@ async def load_message_refs(conn: asyncpg.Connection, message_ids: list[uuid.UUI
     if not message_ids:
         return {}
     rows = await conn.fetch(
-        "SELECT id, session_id, seq, sender_id, deleted FROM messages WHERE id = ANY($1::uuid[])",
+        """SELECT id, session_id, seq, sender_id, deleted, kind FROM messages
+           WHERE id = ANY($1::uuid[])""",
         message_ids)
     return {r["id"]: domain.MessageRef(r["id"], r["session_id"], r["seq"], r["sender_id"],
-                                       r["deleted"]) for r in rows}
+                                       r["deleted"], r["kind"]) for r in rows}
 
 
 async def load_markers(conn: asyncpg.Connection, keys: list[tuple[uuid.UUID, str]]

@@ -5,6 +5,7 @@ before the next group runs, so later groups see earlier ones."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -150,13 +151,13 @@ async def delete_messages(conn, writes: list[Write], results: list, now: datetim
             continue
         if payload is not None:
             state.last_seq = payload["seq"]
-            refs[ref.id] = domain.MessageRef(ref.id, ref.session_id, ref.seq, ref.sender_id,
-                                             True)
+            refs[ref.id] = dataclasses.replace(ref, deleted=True)
             # Erase the text from the store itself, in this transaction.
             await store.erase_message_payload(conn, ref.session_id, ref.seq)
             events.append(event(w, ref.session_id, payload["seq"], "message_deleted", payload,
                                 now))
-        results[w.index] = {"deleted": True}
+        # Whether media has objects to erase (the gateway has it done before it answers).
+        results[w.index] = {"deleted": True, "attachment": ref.kind != "text"}
     return events
 
 
@@ -184,5 +185,5 @@ async def change_participants(conn, writes: list[Write], results: list, now: dat
         events.append(event(w, state.id, payload["seq"], type_, payload, now)
                       .with_recipients(told))
         results[w.index] = (("session", state.id, w.envelope.actor) if adding
-                            else {"removed": True})
+                            else {"removed": True, "seq": payload["seq"]})
     return events

@@ -8,6 +8,10 @@ Commands (``chat.commands``, routing key = ``TYPE``):
   messaging create the message. Result: ``{"message": Message, "created": bool}``.
 - ``media.get_attachment_url``: a participant (or an admin) asks for a signed URL. Result:
   ``{"url", "expires_at", "inline": bool}``.
+- ``media.erase_message_attachments``: the message was deleted; erase its attachment now.
+  Result: ``{"erased": <attachments erased>}``.
+- ``media.forget_participant``: the participant was removed; no more URLs for them. Result:
+  ``{}``.
 
 Events (``chat.events``, routing key ``attachment.<attachment_id>.<stored|rejected|url_issued>``),
 for the audit log. They carry ids and a short reason, never file contents:
@@ -22,7 +26,7 @@ from uuid import UUID
 from pydantic import Field, StringConstraints
 
 from .base import Contract
-from .fields import ClientMsgId, UserId
+from .fields import ClientMsgId, Seq, UserId
 
 UploadPurpose = Literal["upload", "voice"]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -45,6 +49,25 @@ class GetAttachmentUrl(Contract):
     TYPE = "media.get_attachment_url"
     attachment_id: UUID
     thumbnail: bool = False
+
+
+class EraseMessageAttachments(Contract):
+    """Sent by the gateway once messaging has deleted a message that had an attachment: the
+    objects and metadata are erased before the client's DELETE is answered, so its old URLs
+    stop working at once. Media also erases them when ``message_deleted`` comes; whichever
+    comes first does it, the other finds nothing left."""
+    TYPE = "media.erase_message_attachments"
+    message_id: UUID
+
+
+class ForgetParticipant(Contract):
+    """Sent by the gateway once messaging has removed a participant (at ``seq``): they lose
+    access to the session's attachments before the removal is answered. The same change comes
+    with ``participant_removed``; the projection keeps the newest by seq either way."""
+    TYPE = "media.forget_participant"
+    session_id: UUID
+    user_id: UserId
+    seq: Seq
 
 
 class _AttachmentFact(Contract):
@@ -73,7 +96,8 @@ class AttachmentQuery(Contract):
     redirect: bool = True
 
 
-MEDIA_COMMANDS: tuple[type[Contract], ...] = (IngestUpload, GetAttachmentUrl)
+MEDIA_COMMANDS: tuple[type[Contract], ...] = (IngestUpload, GetAttachmentUrl,
+                                              EraseMessageAttachments, ForgetParticipant)
 MEDIA_EVENTS: tuple[type[Contract], ...] = (AttachmentStored, AttachmentRejected,
                                             AttachmentUrlIssued)
 MEDIA_CONTRACTS = (*MEDIA_COMMANDS, *MEDIA_EVENTS, AttachmentQuery)

@@ -181,3 +181,29 @@ def _long_wav(seconds: int) -> bytes:
         for _ in range(seconds):
             out.writeframes(second)
     return buf.getvalue()
+
+
+async def test_a_message_deleted_while_media_is_down_is_deleted_and_its_objects_erased_later(
+        isolated_stack, http, user):
+    """The deletion stands without media (its text is erased by messaging at once); media
+    erases the objects from the message_deleted event when it is back."""
+    stack = await isolated_stack()
+    await stack.start_service("messaging")
+    media = await stack.start_service("media")
+    await stack.start_gateway(CHAT_RPC_TIMEOUT_S="2")
+    alice, bob = user("alice"), user("bob")
+    api = Api(http, stack.url, stack.token(alice))
+    sid = (await api.create_session(bob))["id"]
+    status, message = await upload(api, sid, files.pdf(), "doc.pdf")
+    assert status == 201, message
+    await media.stop()
+
+    status, body = await api.request("DELETE", f"/api/chat/messages/{message['id']}")
+    assert status == 204, body
+    [tombstone] = await _messages(api, sid)
+    assert tombstone["deleted"] is True and tombstone["attachment"] is None
+    assert bucket_keys(stack.backends, f"{sid}/")  # media has not erased them yet
+
+    await stack.start_service("media")
+    await eventually(lambda: not bucket_keys(stack.backends, f"{sid}/"))
+    assert await media_rows(stack.backends, sid, stack.database_url("media")) == []
