@@ -60,11 +60,12 @@ def _client_msg_id(value: str) -> str:
     return value
 
 
-def _title(value: str) -> str:
+def _title(value: str) -> str | None:
+    """One line, trimmed; a title of nothing but white space is no title (null)."""
     value = unicodedata.normalize("NFC", value).strip()
     if _FORBIDDEN_CONTROL.search(value) or "\n" in value or "\t" in value:
         raise ValueError("title must be a single line without control characters")
-    return value
+    return value or None
 
 
 MessageBody = Annotated[str, AfterValidator(normalise_body)]

@@ -14,6 +14,7 @@ from shared.contracts.envelope import decode_batch, encode_batch, new_envelope
 from shared.contracts.errors import ErrorCode, ServiceError
 from shared.contracts.fields import normalise_body, rfc3339
 from shared.contracts.frames import JoinSessionFrame, SendMessageFrame, frame_from_event
+from shared.contracts.http import CreateSessionBody
 from shared.contracts.registry import CLIENT_FRAMES_BY_TYPE, REGISTRY, payload_of
 
 
@@ -44,6 +45,13 @@ def test_send_message_refuses_extra_fields_and_bad_ids():
                 {**base, "client_msg_id": ""}, {**base, "client_msg_id": " padded"}):
         with pytest.raises(ValidationError):
             SendMessage.model_validate(bad)
+
+
+@pytest.mark.parametrize("raw,stored", [("  Reading ", "Reading"), ("", None), ("   ", None),
+                                        (None, None)])
+def test_titles_are_trimmed_and_a_blank_one_is_none(raw, stored):
+    body = CreateSessionBody.model_validate({"participant_ids": ["bob"], "title": raw})
+    assert body.title == stored
 
 
 def test_paging_refuses_both_directions():
