@@ -36,11 +36,18 @@ async def _broker_ctx(app: web.Application):
     await hub.start(lambda conn, sid, after: ws.fetch_events(app, conn, sid, after))
     app[BROKER], app[HUB] = broker, hub
     yield
-    # Shutdown: tell every client to reconnect (elsewhere), then close the broker.
-    for conn in tuple(hub.connections):
+    for conn in tuple(hub.connections):  # any left (see _tell_clients_to_reconnect)
         conn.close(1012, "server restarting")
     await hub.close()
     await broker.close()
+
+
+async def _tell_clients_to_reconnect(app: web.Application) -> None:
+    """Shutdown, before the server waits for its handlers (a WebSocket's lasts until it
+    closes): every client is told to reconnect, elsewhere, with 1012; each resumes from its
+    last seq. Requests already sent still complete (the broker closes last)."""
+    for conn in tuple(app[HUB].connections):
+        conn.close(1012, "server restarting")
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
@@ -54,6 +61,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(presence.presence_ctx)  # after the broker's: closes before it
     app.cleanup_ctx.append(audit_events.facts_ctx)  # after the broker's: flushed before it closes
     app.cleanup_ctx.append(api_media.media_ctx)
+    app.on_shutdown.append(_tell_clients_to_reconnect)
     for method, path, handler in (*api.ROUTES, *api_audit.ROUTES, *api_media.ROUTES):
         app.router.add_route(method, path, handler)
     openapi = orjson.dumps(build_openapi())

@@ -76,6 +76,8 @@ class Connection:
         # for it, in order (see ws.send_message).
         self.last_send = None
         self.held_sends: list = []
+        # Sessions being joined: the join's answer is awaited by a leave of the same session.
+        self.joining: dict[str, asyncio.Future] = {}
 
     def send(self, frame: dict) -> None:
         self.send_framed(text_frame(orjson.dumps(frame)))

@@ -183,11 +183,17 @@ class PresenceLink:
         if wait:
             raise ServiceError(ErrorCode.RATE_LIMITED, "too many typing events",
                                retry_after=round(wait, 3))
-        await self.request(conn.principal,
-                           TypingStart(session_id=session_id,
-                                       joined=session_id in conn.sessions),
-                           self.settings.presence_timeout_s)
+        # Typing from now on: a typing_stop sent right behind this frame ends this typing
+        # (presence gets both in order), it is not a stop of nothing.
         state.typing.add(session_id)
+        try:
+            await self.request(conn.principal,
+                               TypingStart(session_id=session_id,
+                                           joined=session_id in conn.sessions),
+                               self.settings.presence_timeout_s)
+        except BaseException:
+            state.typing.discard(session_id)
+            raise
 
     async def typing_stop(self, conn: Connection, session_id: str) -> None:
         state = self._state(conn)

@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
 from shared.contracts.commands import GetEvents, JoinSession, MarkReceipt, SendMessage
-from shared.contracts.errors import ErrorCode, ServiceError, unavailable
+from shared.contracts.errors import ErrorCode, ServiceError, not_found, unavailable
 from shared.contracts.frames import (
     ClientFrame,
     JoinSessionFrame,
@@ -66,7 +66,21 @@ class Context:
 # ---- frame handlers --------------------------------------------------------------------------
 
 async def join_session(frame: JoinSessionFrame, ctx: Context) -> None:
+    """A leave_session of the same session that comes meanwhile waits for the join to be
+    answered (frames run as tasks of their own), so the client sees both answered in order."""
     session_id = str(frame.session_id)
+    conn = ctx.conn
+    joined = asyncio.get_running_loop().create_future()
+    conn.joining[session_id] = joined
+    try:
+        await _join(frame, ctx, session_id)
+    finally:
+        if conn.joining.get(session_id) is joined:
+            del conn.joining[session_id]
+        joined.set_result(None)
+
+
+async def _join(frame: JoinSessionFrame, ctx: Context, session_id: str) -> None:
     conn, hub = ctx.conn, ctx.hub
     await hub.join(conn, session_id)
     try:
@@ -79,8 +93,9 @@ async def join_session(frame: JoinSessionFrame, ctx: Context) -> None:
     seen = await ctx.app[PRESENCE].session_opened(
         conn, session_id, [p["user_id"] for p in state["participants"]])
     view = conn.sessions.get(session_id)
-    if view is None:  # left meanwhile
-        return
+    if view is None:  # removed from the session meanwhile (hub._drop_removed)
+        ctx.app[PRESENCE].session_closed(conn, session_id)
+        raise not_found()
     view.last_seq = frame.after_seq if frame.after_seq is not None else state["last_seq"]
     conn.send({"type": "ack", "ref": frame.ref, "session_id": session_id})
     conn.send({
@@ -97,6 +112,9 @@ async def join_session(frame: JoinSessionFrame, ctx: Context) -> None:
 
 
 async def leave_session(frame: LeaveSessionFrame, ctx: Context) -> None:
+    joining = ctx.conn.joining.get(str(frame.session_id))
+    if joining is not None:
+        await asyncio.shield(joining)
     await ctx.hub.leave(ctx.conn, str(frame.session_id))
     ctx.app[PRESENCE].session_closed(ctx.conn, str(frame.session_id))
     ctx.conn.send({"type": "ack", "ref": frame.ref, "session_id": str(frame.session_id)})
@@ -211,8 +229,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise unavailable("message broker unavailable")
 
     # Pings are ours (heartbeat.py: one timer for every connection), and so are pongs.
+    # aiohttp refuses a frame of max_msg_size bytes or more; only frames over the limit go.
     ws = web.WebSocketResponse(heartbeat=None, autoping=False,
-                               max_msg_size=settings.ws_max_frame_bytes, compress=False)
+                               max_msg_size=settings.ws_max_frame_bytes + 1, compress=False)
     await ws.prepare(request)
     hub: Hub = app[HUB]
     conn = Connection(ws, request.transport, principal, settings.ws_send_buffer_bytes,

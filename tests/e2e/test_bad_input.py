@@ -233,7 +233,11 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays_open(stack, http
 
 async def test_frame_over_64_kib_closes_with_1009(stack, http, user):
     ws = await Ws.connect(http, stack.ws_url, stack.token(user()))
-    await ws.ws.send_str('{"type": "ping", "ref": "' + "x" * (64 * 1024) + '"}')
+    padded = '{"type": "ping", "ref": "r"}'
+    padded += " " * (64 * 1024 - len(padded))  # exactly 64 KiB: not over the limit
+    await ws.ws.send_str(padded)
+    assert await ws.until(lambda f: f["type"] == "pong") == {"type": "pong", "ref": "r"}
+    await ws.ws.send_str(padded + " ")
     assert await ws.closed() == 1009
 
 

@@ -57,3 +57,19 @@ async def test_a_client_that_answers_no_ping_is_cut_off_and_one_that_answers_sta
         await asyncio.gather(reader, return_exceptions=True)
         await silent.close()
         await lively.close()
+
+
+async def test_a_gateway_told_to_stop_tells_its_clients_to_reconnect(isolated_stack, http):
+    """SIGTERM: the client gets a close frame with 1012 (service restart: reconnect, resume
+    from the last seq), and the gateway exits cleanly; not a dropped socket (1006)."""
+    stack = await isolated_stack()
+    await stack.start_service("messaging")
+    gateway = await stack.start_gateway()
+    ws = await http.ws_connect(stack.ws_url, headers={
+        "Authorization": f"Bearer {stack.token('restarting-user')}"})
+    assert orjson.loads((await ws.receive()).data)["type"] == "hello"
+    stopping = asyncio.create_task(gateway.stop())
+    msg = await asyncio.wait_for(ws.receive(), 10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1012, (msg.type, msg.data)
+    assert await stopping == 0
+    await ws.close()

@@ -91,6 +91,45 @@ async def test_typing_is_rate_limited_per_connection_and_session(stack, http, ap
     await b.close()
 
 
+async def test_a_stop_sent_right_behind_its_start_ends_the_typing_at_once(stack, http, api,
+                                                                           user):
+    """The frames are handled side by side; the stop belongs to the start before it, not a
+    stop of nothing (which would count against the typing limit)."""
+    alice, bob = user("alice"), user("bob")
+    sid = (await api(alice).create_session(bob))["id"]
+    a, b = await connect(http, stack, alice), await connect(http, stack, bob)
+    await a.join(sid)
+    await b.join(sid)
+    await a.send({"type": "typing_start", "session_id": sid, "ref": "start"})
+    await a.send({"type": "typing_stop", "session_id": sid, "ref": "stop"})
+    assert (await a.until(lambda f: f.get("ref") == "start"))["type"] == "ack"
+    stopped = await a.until(lambda f: f.get("ref") == "stop")
+    assert stopped["type"] == "ack", stopped
+    await b.until(lambda f: f["type"] == "typing_stop")
+    assert [f["type"] for f in b.received if f["type"] in TYPING] == list(TYPING)
+    await a.close()
+    await b.close()
+
+
+async def test_a_join_and_a_leave_sent_together_are_answered_in_order(stack, http, api, user):
+    """The leave waits for the join: both get their answer, and the others see the user come
+    and go (presence is not left thinking the session open)."""
+    alice, bob = user("alice"), user("bob")
+    sid = (await api(alice).create_session(bob))["id"]
+    a, b = await connect(http, stack, alice), await connect(http, stack, bob)
+    await a.join(sid)
+    await b.send({"type": "join_session", "session_id": sid, "after_seq": 0, "ref": "join"})
+    await b.send({"type": "leave_session", "session_id": sid, "ref": "leave"})
+    answers = [await b.until(lambda f: f.get("ref") in ("join", "leave")) for _ in range(2)]
+    assert [(f["ref"], f["type"]) for f in answers] == [("join", "ack"), ("leave", "ack")]
+    assert [f["type"] for f in b.received if f["type"] in ("joined", "ack")][:2] == [
+        "ack", "joined"]
+    await a.until(lambda f: f["type"] == "user_joined" and f["user_id"] == bob)
+    await a.until(lambda f: f["type"] == "user_left" and f["user_id"] == bob)
+    await a.close()
+    await b.close()
+
+
 async def test_bad_presence_frames_get_the_spec_error_and_change_nothing(stack, http, api, user):
     alice, bob, eve = user("alice"), user("bob"), user("eve")
     sid = (await api(alice).create_session(bob))["id"]
