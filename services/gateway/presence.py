@@ -151,10 +151,11 @@ class PresenceLink:
         return {"online_users": [conn.user_id], "typing": []}
 
     def _late_join_state(self, conn: Connection, session_id: str, done: asyncio.Future) -> None:
-        if done.cancelled() or done.exception() is not None:
+        error = "cancelled" if done.cancelled() else done.exception()
+        if error is not None:
             PRESENCE_JOIN_STATE.labels("unavailable").inc()
             log.warning("presence_join_state_unavailable", session_id=session_id,
-                        connection_id=conn.id, error=repr(done.exception()))
+                        connection_id=conn.id, error=repr(error))
             return
         if conn.closed or session_id not in conn.sessions:
             return

@@ -277,6 +277,7 @@ class PresenceStore:
         return bool(member) if known else None
 
     async def members(self, session_id: str) -> list[str]:
+        """Reads of the projection as it stands (the tests check it with these)."""
         return sorted(await self.r.smembers(self.k("m", session_id)))
 
     async def sessions_of(self, user_id: str) -> list[str]:

@@ -95,3 +95,21 @@ async def test_no_answer_at_all_leaves_the_joined_state_as_the_gateway_knows_it(
     await settled(presence)
     assert seen == {"online_users": ["alice"], "typing": []} and conn.sent == []
     assert isinstance(broker.answer.exception(), ServiceError)
+
+
+async def test_a_late_request_cancelled_at_shutdown_sends_nothing_and_raises_nothing():
+    loop = asyncio.get_running_loop()
+    raised: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: raised.append(context))
+    try:
+        broker = HeldBroker()
+        presence = link(broker)
+        conn = ListConnection("alice")
+        await presence.session_opened(conn, SID, ["alice", "bob"])
+        broker.answer.cancel()
+        await settled(presence)
+        await asyncio.sleep(0)  # the done callbacks run on the next loop iteration
+    finally:
+        loop.set_exception_handler(previous)
+    assert conn.sent == [] and raised == []
